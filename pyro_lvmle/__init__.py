@@ -1,0 +1,17 @@
+"""Maximum-likelihood estimation of latent-variable models, as a plugin for Pyro.
+
+Every method in the package estimates the gradient of the log marginal likelihood
+:math:`\\nabla_\\theta \\log p(x; \\theta)` of a Pyro model, or of a bound on it; see the
+Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import models
+
+try:
+    __version__ = version("pyro-lvmle")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["models", "__version__"]
