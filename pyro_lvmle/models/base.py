@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
 
 import pyro
@@ -11,7 +12,7 @@ from torch.distributions import constraints
 __all__ = ["ReferenceModel"]
 
 
-class ReferenceModel:
+class ReferenceModel(abc.ABC):
     r"""A Pyro model with known answers, for tests, docs, benchmarks and the CLI.
 
     A subclass writes an ordinary Pyro ``model(...)`` (``pyro.param``, ``pyro.plate``,
@@ -24,11 +25,11 @@ class ReferenceModel:
 
     at the current or given parameters, a simulator, and a closed-form or trusted
     maximum-likelihood estimate where one exists. An instance is itself the model:
-    ``SVI(lv.models.PPCA(64, 2), guide, optim, loss)`` works.
+    ``SVI(lv.models.PPCA(64, 2), guide, optim, loss)`` works (see :class:`pyro.infer.SVI`).
 
     Parameters are looked up by name, in this order: a ``params`` mapping passed to a
-    method, then Pyro's global param store, then the model's initial values. Values taken
-    from the param store keep their autograd graph, so
+    method, then Pyro's global param store (:func:`pyro.param`), then the model's initial
+    values. Values taken from the param store keep their autograd graph, so
     ``model.log_marginal(data).backward()`` puts the exact gradient into the store's
     parameters.
 
@@ -68,19 +69,24 @@ class ReferenceModel:
             self._init_overrides = dict(init_params)
 
     # ----------------------------------------------------------------- subclass hooks
+    @abc.abstractmethod
     def _default_init(self, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        raise NotImplementedError
+        """The default initial value of parameter ``name``."""
 
     def _constraint(self, name: str) -> constraints.Constraint:
         return constraints.real
 
+    @abc.abstractmethod
     def model(self, *args, **kwargs):
-        """The Pyro model; subclasses write it the way a user would."""
-        raise NotImplementedError
+        """The Pyro model, written the way a user would write it."""
 
+    @abc.abstractmethod
     def log_marginal(self, data, params=None, *, per_datum=False) -> torch.Tensor:
-        """The exact log marginal likelihood of ``data``; see the subclass."""
-        raise NotImplementedError
+        """The exact log marginal likelihood of ``data`` (its sum, or per datum)."""
+
+    @abc.abstractmethod
+    def simulate(self, num_data, params=None, *, return_latents=False):
+        """Data drawn from the model at the given (or current) parameters."""
 
     # ----------------------------------------------------------------- shared machinery
     def __call__(self, *args, **kwargs):

@@ -60,7 +60,9 @@ class LinearGaussian(ReferenceModel):
         torch.Size([2])
     """
 
-    def __init__(self, dim: int = 1, sigma: float = 1.0, learn_sigma: bool = True, init_params=None):
+    def __init__(
+        self, dim: int = 1, sigma: float = 1.0, learn_sigma: bool = True, init_params=None
+    ):
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"LinearGaussian: dim must be a positive int, got {dim!r}")
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):

@@ -23,7 +23,8 @@ class GaussianMixture(ReferenceModel):
         \log p(x_n) = \log \sum_{k=1}^K \pi_k\, \mathcal{N}(x_n; \mu_k, L_k L_k^\top).
 
     The assignment site ``"assignment"`` is marked for parallel enumeration
-    (``config_enumerate``), so ``TraceEnum_ELBO`` with an empty guide computes the exact
+    (:func:`~pyro.infer.config_enumerate`), so :class:`~pyro.infer.TraceEnum_ELBO` with an
+    empty guide computes the exact
     marginal too. Parameters: ``weights`` ``(K,)`` on the simplex, ``locs`` ``(K, d)``,
     ``scale_tril`` ``(K, d, d)`` lower Cholesky factors. Observed site ``"x"`` in the plate
     ``"data"``.

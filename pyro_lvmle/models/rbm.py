@@ -26,12 +26,14 @@ class RBM(ReferenceModel):
 
     .. math::
 
-        \log \tilde p(v) = -F(v) = b^\top v + \sum_{j=1}^H \operatorname{softplus}(c_j + (v^\top W)_j),
+        \log \tilde p(v) = -F(v)
+            = b^\top v + \sum_{j=1}^H \operatorname{softplus}(c_j + (v^\top W)_j),
         \qquad
         \log p(v) = -F(v) - \log Z, \quad Z = \sum_{v} e^{-F(v)}.
 
     The Pyro model observes ``"v"`` from an improper uniform density on the boolean cube
-    (log density 0) and adds :math:`-F(v)` with ``pyro.factor("free_energy", ...)``: its
+    (:class:`~pyro.distributions.ImproperUniform`, log density 0) and adds :math:`-F(v)` with
+    :func:`pyro.factor` (site ``"free_energy"``): its
     trace's log joint is the unnormalized :math:`\log\tilde p(v)`, the positive phase of
     seed 001. :meth:`log_partition` computes :math:`\log Z` exactly by summing over the
     smaller layer (:math:`2^{\min(V, H)}` terms), when :math:`\min(V, H) \le 20`:

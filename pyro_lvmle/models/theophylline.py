@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import math
 import importlib.resources
+import math
 from typing import NamedTuple
 
 import pyro
@@ -67,7 +67,7 @@ def load_theophylline(dtype: torch.dtype | None = None, device=None) -> PKData:
 
 
 class Theophylline(ReferenceModel):
-    r"""One-compartment oral-absorption model with log-normal random effects (nlmixr2's ``theo_sd``).
+    r"""One-compartment oral-absorption model, log-normal random effects (nlmixr2's ``theo_sd``).
 
     For subject :math:`i` with dose :math:`D_i` and sampling times :math:`t_{ij}`:
 
