@@ -35,6 +35,9 @@ class ReferenceModel(abc.ABC):
 
     :param dict init_params: optional initial values overriding the model's defaults,
         keyed by parameter name.
+    :param str prefix: prepended to every parameter's name in Pyro's param store, so that
+        several models can share one store (``prefix="ppca."`` stores ``"ppca.W"``); the
+        ``params`` dicts of the methods always use the plain names.
 
     References:
 
@@ -52,7 +55,10 @@ class ReferenceModel(abc.ABC):
     #: Parameter names in a fixed order, set by each subclass.
     param_names: tuple[str, ...] = ()
 
-    def __init__(self, init_params: Mapping[str, object] | None = None):
+    def __init__(self, init_params: Mapping[str, object] | None = None, *, prefix: str = ""):
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        self.prefix = prefix
         self._init_overrides: dict[str, object] = {}
         if init_params is not None:
             if not isinstance(init_params, Mapping):
@@ -116,7 +122,11 @@ class ReferenceModel(abc.ABC):
         dtype = like.dtype if like is not None and like.is_floating_point() else None
         device = like.device if like is not None else None
         init: Callable[[], torch.Tensor] = lambda: self.initial_value(name, dtype, device)  # noqa: E731
-        return pyro.param(name, init, constraint=self._constraint(name))
+        return pyro.param(self.store_name(name), init, constraint=self._constraint(name))
+
+    def store_name(self, name: str) -> str:
+        """The name of parameter ``name`` in Pyro's param store: ``prefix + name``."""
+        return self.prefix + name
 
     def params(
         self, params: Mapping[str, object] | None = None, *, like: torch.Tensor | None = None
@@ -148,15 +158,21 @@ class ReferenceModel(abc.ABC):
                     value = value.to(dtype=dtype)
                 if device is not None:
                     value = value.to(device=device)
-            elif name in store:
-                value = store[name]
+            elif self.store_name(name) in store:
+                value = store[self.store_name(name)]
+                if value.shape != self._param_shape(name):
+                    raise ValueError(
+                        f"Pyro's param store holds {self.store_name(name)!r} of shape "
+                        f"{tuple(value.shape)}, but {type(self).__name__} expects "
+                        f"{tuple(self._param_shape(name))}: another model used the same name. "
+                        "Call pyro.clear_param_store(), or build this model with a prefix="
+                    )
             else:
                 value = self.initial_value(name, dtype, device)
-            expected = self._param_shape(name)
-            if value.shape != expected:
+            if value.shape != self._param_shape(name):
                 raise ValueError(
                     f"parameter {name!r} has shape {tuple(value.shape)}, "
-                    f"{type(self).__name__} expects {tuple(expected)}"
+                    f"{type(self).__name__} expects {tuple(self._param_shape(name))}"
                 )
             out[name] = value
         return out
@@ -176,9 +192,10 @@ class ReferenceModel(abc.ABC):
         for name, value in self.params(params).items():
             if name not in params:
                 continue
-            if name in store:
-                del store[name]
-            pyro.param(name, value.detach().clone(), constraint=self._constraint(name))
+            key = self.store_name(name)
+            if key in store:
+                del store[key]
+            pyro.param(key, value.detach().clone(), constraint=self._constraint(name))
 
     def mle(self, data, **kwargs) -> dict[str, torch.Tensor]:
         """The maximum-likelihood estimate; only models that have a trusted one define it."""

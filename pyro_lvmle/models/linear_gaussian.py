@@ -42,6 +42,7 @@ class LinearGaussian(ReferenceModel):
     :param float sigma: the initial (or, with ``learn_sigma=False``, fixed) noise scale.
     :param bool learn_sigma: whether ``sigma`` is a parameter or a constant.
     :param dict init_params: initial values overriding the defaults (``w = 0``).
+    :param str prefix: prepended to the parameters' names in Pyro's param store.
 
     References:
 
@@ -61,7 +62,8 @@ class LinearGaussian(ReferenceModel):
     """
 
     def __init__(
-        self, dim: int = 1, sigma: float = 1.0, learn_sigma: bool = True, init_params=None
+        self, dim: int = 1, sigma: float = 1.0, learn_sigma: bool = True, init_params=None, *,
+        prefix: str = "",
     ):
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"LinearGaussian: dim must be a positive int, got {dim!r}")
@@ -71,7 +73,7 @@ class LinearGaussian(ReferenceModel):
         self.sigma = float(sigma)
         self.learn_sigma = bool(learn_sigma)
         self.param_names = ("w", "sigma") if learn_sigma else ("w",)
-        super().__init__(init_params)
+        super().__init__(init_params, prefix=prefix)
 
     def __repr__(self) -> str:
         return f"LinearGaussian(dim={self.dim}, sigma={self.sigma}, learn_sigma={self.learn_sigma})"

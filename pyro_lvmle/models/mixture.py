@@ -37,6 +37,7 @@ class GaussianMixture(ReferenceModel):
     :param int data_dim: :math:`d`.
     :param dict init_params: initial values overriding the defaults (equal weights, unit
         covariances, means drawn from a fixed seed).
+    :param str prefix: prepended to the parameters' names in Pyro's param store.
 
     References:
 
@@ -56,12 +57,12 @@ class GaussianMixture(ReferenceModel):
 
     param_names = ("weights", "locs", "scale_tril")
 
-    def __init__(self, num_components: int, data_dim: int, init_params=None):
+    def __init__(self, num_components: int, data_dim: int, init_params=None, *, prefix: str = ""):
         _check_count(num_components, "num_components", "GaussianMixture")
         _check_count(data_dim, "data_dim", "GaussianMixture")
         self.num_components = num_components
         self.data_dim = data_dim
-        super().__init__(init_params)
+        super().__init__(init_params, prefix=prefix)
 
     def __repr__(self) -> str:
         return f"GaussianMixture(num_components={self.num_components}, data_dim={self.data_dim})"

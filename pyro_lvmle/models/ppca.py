@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -43,6 +45,7 @@ class PPCA(ReferenceModel):
     :param int latent_dim: :math:`q < d`.
     :param dict init_params: initial values overriding the defaults (``W`` small and random
         from a fixed seed, ``mu = 0``, ``sigma = 1``).
+    :param str prefix: prepended to the parameters' names in Pyro's param store.
 
     References:
 
@@ -60,7 +63,7 @@ class PPCA(ReferenceModel):
 
     param_names = ("W", "mu", "sigma")
 
-    def __init__(self, data_dim: int, latent_dim: int, init_params=None):
+    def __init__(self, data_dim: int, latent_dim: int, init_params=None, *, prefix: str = ""):
         _check_count(data_dim, "data_dim", "PPCA")
         _check_count(latent_dim, "latent_dim", "PPCA")
         if latent_dim >= data_dim:
@@ -69,7 +72,7 @@ class PPCA(ReferenceModel):
             )
         self.data_dim = data_dim
         self.latent_dim = latent_dim
-        super().__init__(init_params)
+        super().__init__(init_params, prefix=prefix)
 
     def __repr__(self) -> str:
         return f"PPCA(data_dim={self.data_dim}, latent_dim={self.latent_dim})"
@@ -132,7 +135,18 @@ class PPCA(ReferenceModel):
         :param bool per_datum: return the ``N`` terms instead of their sum.
         """
         data = _check_matrix(data, "data", self.data_dim, "PPCA")
-        terms = self.marginal(params, like=data).log_prob(data)
+        p = self.params(params, like=data)
+        # Woodbury and the matrix determinant lemma with M = W^T W + sigma^2 I_q:
+        # (x-mu)^T C^{-1} (x-mu) = (|r|^2 - |L_M^{-1} W^T r|^2) / sigma^2,
+        # log|C| = (d - q) log sigma^2 + log|M|; O(N d q), no d x d matrix.
+        W, s2 = p["W"], p["sigma"] ** 2
+        d, q = self.data_dim, self.latent_dim
+        chol = torch.linalg.cholesky(W.T @ W + s2 * torch.eye(q, dtype=W.dtype, device=W.device))
+        resid = data - p["mu"]
+        proj = torch.linalg.solve_triangular(chol, (resid @ W).T, upper=False)  # (q, N)
+        maha = (resid.pow(2).sum(-1) - proj.pow(2).sum(0)) / s2
+        log_det = (d - q) * s2.log() + 2 * chol.diagonal().log().sum()
+        terms = -0.5 * (maha + log_det + d * math.log(2 * math.pi))
         return terms if per_datum else terms.sum()
 
     def posterior(self, data, params=None) -> dist.Distribution:

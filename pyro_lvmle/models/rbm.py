@@ -54,6 +54,7 @@ class RBM(ReferenceModel):
     :param int num_hidden: :math:`H`.
     :param dict init_params: initial values overriding the defaults (weights
         :math:`\mathcal{N}(0, 0.1^2)` from a fixed seed, biases 0).
+    :param str prefix: prepended to the parameters' names in Pyro's param store.
 
     References:
 
@@ -75,12 +76,12 @@ class RBM(ReferenceModel):
 
     param_names = ("weights", "visible_bias", "hidden_bias")
 
-    def __init__(self, num_visible: int, num_hidden: int, init_params=None):
+    def __init__(self, num_visible: int, num_hidden: int, init_params=None, *, prefix: str = ""):
         _check_count(num_visible, "num_visible", "RBM")
         _check_count(num_hidden, "num_hidden", "RBM")
         self.num_visible = num_visible
         self.num_hidden = num_hidden
-        super().__init__(init_params)
+        super().__init__(init_params, prefix=prefix)
 
     def __repr__(self) -> str:
         return f"RBM(num_visible={self.num_visible}, num_hidden={self.num_hidden})"

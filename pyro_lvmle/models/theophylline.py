@@ -90,6 +90,7 @@ class Theophylline(ReferenceModel):
 
     :param dict init_params: initial values overriding the defaults (``tka = 0.45``,
         ``tcl = 1``, ``tv = 3.45``, ``omega = 0.5``, ``add_sd = 0.7``, nlmixr2's).
+    :param str prefix: prepended to the parameters' names in Pyro's param store.
 
     References:
 
