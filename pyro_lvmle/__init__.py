@@ -8,10 +8,29 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import models
+from .objectives import (
+    ParticleObjective,
+    TraceIWAE_ELBO,
+    TraceRenyi_ELBO,
+    TraceRWS_ELBO,
+    TraceSTL_ELBO,
+    TraceTVO_ELBO,
+)
+from .traces import PriorGuide
 
 try:
     __version__ = version("pyro-lvmle")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["models", "__version__"]
+__all__ = [
+    "ParticleObjective",
+    "PriorGuide",
+    "TraceIWAE_ELBO",
+    "TraceRWS_ELBO",
+    "TraceRenyi_ELBO",
+    "TraceSTL_ELBO",
+    "TraceTVO_ELBO",
+    "__version__",
+    "models",
+]

@@ -1,8 +1,17 @@
 """The trace layer: the only code in the package that runs ``pyro.poutine``.
 
-It will hold the helpers that run a model and guide under vectorized particles and return
-per-site log densities with plate and subsampling bookkeeping, and the batched potential
-over a model's unconstrained latent space. Filled by the objectives and MCMC-gradient issues.
+:func:`particle_terms` runs a model and guide under vectorized particles and returns the
+log-weight components every objective needs, with plate and subsampling bookkeeping;
+:class:`PriorGuide` turns a model into the guide that samples its prior.
 """
 
-__all__: list[str] = []
+from .particles import PARTICLE_PLATE, ParticleTerms, guess_max_plate_nesting, particle_terms
+from .prior_guide import PriorGuide
+
+__all__ = [
+    "PARTICLE_PLATE",
+    "ParticleTerms",
+    "PriorGuide",
+    "guess_max_plate_nesting",
+    "particle_terms",
+]

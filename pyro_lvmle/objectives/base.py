@@ -1,0 +1,134 @@
+"""The base of every particle objective, and the tensor pieces the objectives share.
+
+A subclass implements :meth:`ParticleObjective.differentiable_loss` only: it asks the trace
+layer for :class:`~pyro_lvmle.traces.ParticleTerms` and returns
+``-(value + surrogate - surrogate.detach())``, whose value is minus the bound and whose
+gradient is minus the chosen estimator. ``loss`` and ``loss_and_grads`` are derived here,
+once, so the three always agree.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from pyro.infer import ELBO
+
+from ..traces import guess_max_plate_nesting, particle_terms
+
+__all__ = [
+    "ParticleObjective",
+    "leave_one_out_signal",
+    "negative_loss",
+    "renyi_bound",
+    "score_surrogate",
+]
+
+
+class ParticleObjective(ELBO):
+    """Base class of the package's objectives for :class:`pyro.infer.SVI`.
+
+    :param int num_particles: particles ``K`` per step, vectorized by an outermost plate.
+    :param int max_plate_nesting: the deepest plate nesting of model and guide; guessed by
+        running them once when left at infinity.
+    :param bool retain_graph: passed to ``backward`` by :meth:`loss_and_grads`.
+    """
+
+    def __init__(self, num_particles: int = 1, max_plate_nesting: float = math.inf,
+                 retain_graph: bool | None = None):
+        if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral) \
+                or num_particles < 1:
+            raise ValueError(
+                f"{type(self).__name__}: num_particles must be a positive int, got "
+                f"{num_particles!r}"
+            )
+        if not (max_plate_nesting == math.inf or (isinstance(max_plate_nesting, int)
+                                                  and max_plate_nesting >= 0)):
+            raise ValueError(
+                f"{type(self).__name__}: max_plate_nesting must be a non-negative int, got "
+                f"{max_plate_nesting!r}"
+            )
+        # the particle plate is ours, so Pyro's vectorize_particles stays off
+        super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting,
+                         vectorize_particles=False, retain_graph=retain_graph)
+
+    def _terms(self, model, guide, args, kwargs, **options):
+        if self.max_plate_nesting == math.inf:
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+        return particle_terms(model, guide, args, kwargs, num_particles=self.num_particles,
+                              max_plate_nesting=self.max_plate_nesting, **options)
+
+    def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - Pyro's hook, unused
+        raise NotImplementedError(f"{type(self).__name__} vectorizes particles itself")
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """Minus the bound, differentiable: its gradient is minus the estimator."""
+        raise NotImplementedError
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """Minus the bound, as a float (one draw of the particles)."""
+        return self.differentiable_loss(model, guide, *args, **kwargs).detach().item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Minus the bound as a float, with the estimator's gradient accumulated in ``.grad``.
+
+        :raises ValueError: if the loss is NaN or infinite.
+        """
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        value = loss.detach().item()
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{type(self).__name__}: the loss is {value}; a log density is NaN or infinite "
+                "for every particle. Run with pyro.enable_validation(True) to find the site."
+            )
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+        return value
+
+
+def negative_loss(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """``-(value + surrogate - surrogate.detach())``: value of minus the bound, gradient of
+    minus the surrogate (the value itself is detached)."""
+    return -(value.detach() + (surrogate - surrogate.detach()))
+
+
+def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
+    r"""The Renyi bound per unit: :math:`\frac{1}{1-\alpha}\log\frac1K\sum_k w_k^{1-\alpha}`.
+
+    ``alpha = 0`` is the importance-weighted bound, ``alpha = 1`` the ELBO (the mean of the
+    log weights). Reduces the particle dimension 0, keeping it as size 1.
+    """
+    if alpha == 1.0:
+        return log_weights.mean(0, keepdim=True)
+    scaled = (1.0 - alpha) * log_weights
+    lme = torch.logsumexp(scaled, 0, keepdim=True) - math.log(log_weights.shape[0])
+    return lme / (1.0 - alpha)
+
+
+def leave_one_out_signal(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
+    r"""VIMCO's per-particle learning signal :math:`\hat L - \hat L_{-k}`.
+
+    :math:`\hat L_{-k}` is the bound with :math:`\log w_k` replaced by the mean of the other
+    particles' log weights (their geometric mean, Mnih & Rezende 2016): independent of
+    :math:`z_k`, so it is a baseline that keeps the score-function estimator unbiased.
+    With one particle there is no baseline and the signal is the bound itself.
+    """
+    log_weights = log_weights.detach()
+    num = log_weights.shape[0]
+    bound = renyi_bound(log_weights, alpha)
+    if num == 1:
+        return bound
+    others = (log_weights.sum(0, keepdim=True) - log_weights) / (num - 1)
+    if alpha == 1.0:
+        return (log_weights - others) / num
+    # row k of the (K, K, ...) matrix is the log weights with entry k replaced by others[k]
+    eye = torch.eye(num, dtype=torch.bool, device=log_weights.device)
+    eye = eye.reshape((num, num) + (1,) * (log_weights.dim() - 1))
+    replaced = torch.where(eye, others.unsqueeze(1), log_weights.unsqueeze(0))
+    return bound - renyi_bound(replaced.transpose(0, 1), alpha).squeeze(0)
+
+
+def score_surrogate(signal: torch.Tensor, log_q_score: torch.Tensor, unit_scale: float):
+    """:math:`\\sum_{k,u} \\mathrm{signal}_{k,u} \\log q(z_{k,u})`, the score-function term."""
+    return unit_scale * (signal.detach() * log_q_score).sum()
