@@ -12,6 +12,12 @@ MODULES = [
     "pyro_lvmle.models.mixture",
     "pyro_lvmle.models.rbm",
     "pyro_lvmle.models.theophylline",
+    "pyro_lvmle.objectives.iwae",
+    "pyro_lvmle.objectives.renyi",
+    "pyro_lvmle.objectives.stl",
+    "pyro_lvmle.objectives.tvo",
+    "pyro_lvmle.objectives.rws",
+    "pyro_lvmle.traces.prior_guide",
 ]
 
 

@@ -89,7 +89,11 @@ class ParticleObjective(ELBO):
 
 def negative_loss(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """``-(value + surrogate - surrogate.detach())``: value of minus the bound, gradient of
-    minus the surrogate (the value itself is detached)."""
+    minus the surrogate (the value itself is detached).
+
+    :param torch.Tensor value: the bound.
+    :param torch.Tensor surrogate: a tensor whose gradient is the estimator.
+    """
     return -(value.detach() + (surrogate - surrogate.detach()))
 
 
@@ -98,6 +102,9 @@ def renyi_bound(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
 
     ``alpha = 0`` is the importance-weighted bound, ``alpha = 1`` the ELBO (the mean of the
     log weights). Reduces the particle dimension 0, keeping it as size 1.
+
+    :param torch.Tensor log_weights: ``(K, *units)``.
+    :param float alpha: the order.
     """
     if alpha == 1.0:
         return log_weights.mean(0, keepdim=True)
@@ -113,6 +120,10 @@ def leave_one_out_signal(log_weights: torch.Tensor, alpha: float) -> torch.Tenso
     particles' log weights (their geometric mean, Mnih & Rezende 2016): independent of
     :math:`z_k`, so it is a baseline that keeps the score-function estimator unbiased.
     With one particle there is no baseline and the signal is the bound itself.
+
+    :param torch.Tensor log_weights: ``(K, *units)``; detached here.
+    :param float alpha: the order of the Renyi bound (0 for VIMCO proper, 1 for the ELBO).
+    :returns: ``(K, *units)``.
     """
     log_weights = log_weights.detach()
     num = log_weights.shape[0]
@@ -130,5 +141,10 @@ def leave_one_out_signal(log_weights: torch.Tensor, alpha: float) -> torch.Tenso
 
 
 def score_surrogate(signal: torch.Tensor, log_q_score: torch.Tensor, unit_scale: float):
-    """:math:`\\sum_{k,u} \\mathrm{signal}_{k,u} \\log q(z_{k,u})`, the score-function term."""
+    """:math:`\\sum_{k,u} \\mathrm{signal}_{k,u} \\log q(z_{k,u})`, the score-function term.
+
+    :param torch.Tensor signal: the per-particle learning signal (detached here).
+    :param torch.Tensor log_q_score: the non-reparameterized sites' log density.
+    :param float unit_scale: the subsampling scale of the units.
+    """
     return unit_scale * (signal.detach() * log_q_score).sum()

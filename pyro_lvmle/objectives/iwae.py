@@ -96,7 +96,12 @@ class TraceIWAE_ELBO(ParticleObjective):
 
 
 def iwae_surrogate(terms, estimator: str):
-    """``(bound, surrogate)`` of the importance-weighted bound for one estimator."""
+    """``(bound, surrogate)`` of the importance-weighted bound for one estimator.
+
+    :param ParticleTerms terms: from :func:`~pyro_lvmle.traces.particle_terms`, with
+        ``log_q_direct`` for ``"dreg"`` and ``"auto"``.
+    :param str estimator: ``"reparam"``, ``"dreg"``, ``"vimco"`` or ``"auto"``.
+    """
     if terms.nonreparam_sites and estimator in ("reparam", "dreg"):
         raise ValueError(
             f"TraceIWAE_ELBO(estimator={estimator!r}) needs reparameterizable guide sites, but "

@@ -99,7 +99,12 @@ class TraceTVO_ELBO(ParticleObjective):
 
 
 def tvo_surrogate(log_p, log_q, betas):
-    """``(bound, surrogate)`` summed over units, for log densities at detached samples."""
+    """``(bound, surrogate)`` summed over units, for log densities at detached samples.
+
+    :param torch.Tensor log_p: ``(K, *units)`` model log densities.
+    :param torch.Tensor log_q: ``(K, *units)`` guide log densities.
+    :param list betas: the partition, starting at 0.
+    """
     f = log_p - log_q  # (K, *units), differentiable directly in theta and phi
     f_det = f.detach()
     num = f.shape[0]

@@ -104,7 +104,13 @@ def _is_subsample(site) -> bool:
 
 
 def guess_max_plate_nesting(model, guide, args, kwargs) -> int:
-    """Run guide and model once, unvectorized, and return their deepest plate nesting."""
+    """Run guide and model once, unvectorized, and return their deepest plate nesting.
+
+    :param model: a Pyro model.
+    :param guide: a Pyro guide.
+    :param tuple args: positional arguments of both.
+    :param dict kwargs: keyword arguments of both.
+    """
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
