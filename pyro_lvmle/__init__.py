@@ -9,12 +9,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import models
 from .objectives import (
+    GradientCheck,
     ParticleObjective,
     TraceIWAE_ELBO,
     TraceRenyi_ELBO,
     TraceRWS_ELBO,
     TraceSTL_ELBO,
     TraceTVO_ELBO,
+    check_gradient,
 )
 from .traces import PriorGuide
 
@@ -24,6 +26,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "GradientCheck",
     "ParticleObjective",
     "PriorGuide",
     "TraceIWAE_ELBO",
@@ -32,5 +35,6 @@ __all__ = [
     "TraceSTL_ELBO",
     "TraceTVO_ELBO",
     "__version__",
+    "check_gradient",
     "models",
 ]

@@ -5,6 +5,7 @@ wake-sleep. Each is a small function of the trace layer's
 """
 
 from .base import ParticleObjective
+from .diagnostics import GradientCheck, GradientRow, check_gradient
 from .iwae import TraceIWAE_ELBO
 from .renyi import TraceRenyi_ELBO
 from .rws import TraceRWS_ELBO
@@ -12,10 +13,13 @@ from .stl import TraceSTL_ELBO
 from .tvo import TraceTVO_ELBO
 
 __all__ = [
+    "GradientCheck",
+    "GradientRow",
     "ParticleObjective",
     "TraceIWAE_ELBO",
     "TraceRWS_ELBO",
     "TraceRenyi_ELBO",
     "TraceSTL_ELBO",
     "TraceTVO_ELBO",
+    "check_gradient",
 ]

@@ -90,13 +90,15 @@ class ParticleTerms(NamedTuple):
 
 
 class _DetachValues(Messenger):
-    """Detach the value of every latent sample site, so nothing downstream differentiates
-    through the sampling path (score-function and wake-sleep objectives)."""
+    """Draw every latent sample site's value detached, so nothing downstream (the rest of the
+    guide, the replayed model, the trace) differentiates through the sampling path."""
 
-    def _postprocess_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"] and \
-                isinstance(msg["value"], torch.Tensor):
-            msg["value"] = msg["value"].detach()
+    def _process_message(self, msg):
+        # sampling here, before Pyro's default does, makes the detached value the one that
+        # every handler records and the program receives
+        if msg["type"] == "sample" and not msg["is_observed"] and msg["value"] is None \
+                and not _is_subsample(msg):
+            msg["value"] = msg["fn"](*msg["args"], **msg["kwargs"]).detach()
 
 
 def _is_subsample(site) -> bool:

@@ -1,0 +1,50 @@
+"""Which parameters a Pyro program touches: the unconstrained leaves, by name."""
+
+from __future__ import annotations
+
+import pyro.poutine as poutine
+import torch
+
+__all__ = ["call_with_params", "enumerated_log_marginal", "has_only_enumerable_latents"]
+
+
+def call_with_params(fn, *args, **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
+    """Call ``fn`` and return its result with the parameters it touched.
+
+    :param fn: any callable running Pyro programs, e.g. ``lambda: loss.differentiable_loss(
+        model, guide, data)``.
+    :returns: ``(result, {name: unconstrained leaf tensor})``, the leaves being those an
+        optimizer of ``pyro.infer.SVI`` would update.
+    """
+    with poutine.trace(param_only=True) as capture:
+        result = fn(*args, **kwargs)
+    params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+    return result, params
+
+
+def enumerated_log_marginal(model, *args, max_plate_nesting: int = 1, **kwargs) -> torch.Tensor:
+    """:math:`\\log p(x)` of a model whose every latent site is enumerable, by Pyro's
+    enumeration (``TraceEnum_ELBO`` with an empty guide), differentiable in the parameters.
+
+    :param model: a Pyro model with ``infer={"enumerate": "parallel"}`` on its latent sites.
+    :param int max_plate_nesting: the model's deepest plate nesting.
+    """
+    from pyro.infer import TraceEnum_ELBO
+
+    elbo = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting)
+    return -elbo.differentiable_loss(model, lambda *a, **k: None, *args, **kwargs)
+
+
+def has_only_enumerable_latents(model, *args, **kwargs) -> bool:
+    """Whether the model has latent sites and every one is marked for parallel enumeration.
+
+    :param model: a Pyro model, run once (hidden from outer handlers) on the arguments.
+    """
+    with poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    latents = [
+        site for site in trace.nodes.values()
+        if site["type"] == "sample" and not site["is_observed"]
+        and type(site["fn"]).__name__ != "_Subsample"
+    ]
+    return bool(latents) and all(s["infer"].get("enumerate") == "parallel" for s in latents)
