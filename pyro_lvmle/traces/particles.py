@@ -145,7 +145,11 @@ def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_
     :param bool direct_log_q: also compute :attr:`ParticleTerms.log_q_direct`, by running the
         guide a second time against its own sample values, detached.
     """
-    particles = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1))
+    if num_particles == 1:  # no plate: log densities get a leading size-1 dimension below
+        def particles(fn):
+            return fn
+    else:
+        particles = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1))
     vectorized_guide = particles(guide)
     if detach_values:
         vectorized_guide = _DetachValues()(vectorized_guide)
@@ -187,6 +191,13 @@ def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_
             )
     log_q_score = (_sum_sites(nonreparam, rank, keep, unit_scale, num_particles, like)
                    if nonreparam else None)
+    if pyro.infer.util.is_validation_enabled() and torch.isnan(log_p - log_q).any():
+        bad = [s["name"] for s in model_sites + guide_sites
+               if torch.is_tensor(s["log_prob"]) and torch.isnan(s["log_prob"]).any()]
+        raise ValueError(
+            f"sites {bad} have NaN log densities; check their distributions' parameters and the "
+            "values they are evaluated at"
+        )
 
     log_q_direct = log_q_score_direct = None
     if direct_log_q:
@@ -225,11 +236,6 @@ def _sample_sites(trace, max_plate_nesting):
         site = dict(site, log_prob=log_prob, name=name)
         if pyro.infer.util.is_validation_enabled():
             check_site_shape(site, max_plate_nesting + 1)
-            if torch.is_tensor(log_prob) and torch.isnan(log_prob).any():
-                raise ValueError(
-                    f"site {name!r} has a NaN log density; check its distribution's "
-                    "parameters and the value it is evaluated at"
-                )
         sites.append(site)
     return sites
 
