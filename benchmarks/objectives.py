@@ -24,8 +24,9 @@ import torch
 from pyro.infer import SVI, RenyiELBO
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import pyro_lvmle as lv  # noqa: E402
 from _vae import VAE, load_binarized_digits  # noqa: E402
+
+import pyro_lvmle as lv  # noqa: E402
 
 
 def _time_svi(loss, batches, steps):

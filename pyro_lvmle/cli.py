@@ -21,6 +21,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from . import __version__
 from .models import PPCA, LinearGaussian, ReferenceModel
+from .objectives import TraceIWAE_ELBO, TraceSTL_ELBO
 
 __all__ = ["main"]
 
@@ -57,6 +58,12 @@ _METHODS = {
     "SVI Trace_ELBO, AutoNormal (Pyro)": _svi_method(Trace_ELBO),
     "SVI RenyiELBO(alpha=0, K=8), AutoNormal (Pyro)": _svi_method(
         lambda: RenyiELBO(alpha=0.0, num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+    ),
+    "SVI TraceSTL_ELBO(K=1), AutoNormal": _svi_method(
+        lambda: TraceSTL_ELBO(1, max_plate_nesting=1)
+    ),
+    "SVI TraceIWAE_ELBO(K=8, DReG), AutoNormal": _svi_method(
+        lambda: TraceIWAE_ELBO(8, "dreg", max_plate_nesting=1)
     ),
 }
 

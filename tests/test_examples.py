@@ -8,10 +8,13 @@ import pytest
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
 
-@pytest.mark.parametrize("name", ["reference_models"])
-def test_example_runs(name, capsys):
+@pytest.mark.parametrize("name,expected", [
+    ("reference_models", "Theophylline MLE"),
+    ("vae_digits", "IWAE K=50, DReG"),
+])
+def test_example_runs(name, expected, capsys):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(quick=True)
-    assert "Theophylline MLE" in capsys.readouterr().out
+    assert expected in capsys.readouterr().out
