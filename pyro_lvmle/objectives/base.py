@@ -19,6 +19,7 @@ from ..traces import guess_max_plate_nesting, particle_terms
 
 __all__ = [
     "ParticleObjective",
+    "check_unit_subsampling",
     "leave_one_out_signal",
     "negative_loss",
     "renyi_bound",
@@ -85,6 +86,25 @@ class ParticleObjective(ELBO):
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
         return value
+
+
+def check_unit_subsampling(terms, objective: str) -> None:
+    """Refuse a multi-sample bound when a subsampled plate does not hold every site.
+
+    The log-mean-exp over particles is then taken over the whole batch, and no scaling of a
+    mini-batch makes it unbiased for the full-data bound.
+
+    :param ParticleTerms terms: the trace layer's output.
+    :param str objective: the objective's name, for the message.
+    :raises ValueError: naming the sites and the ways out.
+    """
+    if terms.num_particles > 1 and terms.subsampled_sites:
+        raise ValueError(
+            f"{objective}: sites {list(terms.subsampled_sites)} are scaled by a subsampled "
+            "plate that not every site lives in, so a multi-sample bound has no unbiased "
+            "mini-batch form; put every latent and observed site in the subsampled plate, "
+            "stop subsampling, or use an ELBO (TraceSTL_ELBO, or num_particles=1)"
+        )
 
 
 def negative_loss(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:

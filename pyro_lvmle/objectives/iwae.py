@@ -8,6 +8,7 @@ import torch
 
 from .base import (
     ParticleObjective,
+    check_unit_subsampling,
     leave_one_out_signal,
     negative_loss,
     renyi_bound,
@@ -107,13 +108,7 @@ def iwae_surrogate(terms, estimator: str):
             f"TraceIWAE_ELBO(estimator={estimator!r}) needs reparameterizable guide sites, but "
             f"{list(terms.nonreparam_sites)} are not; use estimator='vimco' or 'auto'"
         )
-    if terms.num_particles > 1 and terms.subsampled_sites:
-        raise ValueError(
-            f"sites {list(terms.subsampled_sites)} are scaled by a subsampled plate that not "
-            "every site lives in, so the importance-weighted bound has no unbiased mini-batch "
-            "form: put every latent and observed site in the subsampled plate, stop "
-            "subsampling, or use an ELBO (TraceSTL_ELBO, or num_particles=1)"
-        )
+    check_unit_subsampling(terms, "TraceIWAE_ELBO")
     if terms.nonreparam_sites and terms.num_particles < 2:
         raise ValueError("TraceIWAE_ELBO: VIMCO's baselines need num_particles >= 2")
     log_w = terms.log_weights

@@ -8,6 +8,7 @@ import torch
 
 from .base import (
     ParticleObjective,
+    check_unit_subsampling,
     leave_one_out_signal,
     negative_loss,
     renyi_bound,
@@ -72,12 +73,8 @@ class TraceRenyi_ELBO(ParticleObjective):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """Minus the bound; its gradient is minus the estimator."""
         terms = self._terms(model, guide, args, kwargs)
-        if terms.num_particles > 1 and self.alpha != 1.0 and terms.subsampled_sites:
-            raise ValueError(
-                f"TraceRenyi_ELBO: sites {list(terms.subsampled_sites)} are scaled by a "
-                "subsampled plate that not every site lives in, so the bound has no unbiased "
-                "mini-batch form; put every site in that plate, or use alpha=1"
-            )
+        if self.alpha != 1.0:  # alpha = 1 is the ELBO, linear: any subsampling is fine
+            check_unit_subsampling(terms, "TraceRenyi_ELBO")
         log_w = terms.log_weights
         bound = terms.unit_scale * renyi_bound(log_w, self.alpha).sum()
         surrogate = bound

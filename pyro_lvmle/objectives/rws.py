@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .base import ParticleObjective, negative_loss, renyi_bound
+from .base import ParticleObjective, check_unit_subsampling, negative_loss, renyi_bound
 
 __all__ = ["TraceRWS_ELBO"]
 
@@ -67,11 +67,7 @@ class TraceRWS_ELBO(ParticleObjective):
         """Minus the importance-weighted bound; its gradient is minus wake-theta plus
         wake-phi."""
         terms = self._terms(model, guide, args, kwargs, detach_values=True)
-        if terms.subsampled_sites:
-            raise ValueError(
-                f"TraceRWS_ELBO: sites {list(terms.subsampled_sites)} are scaled by a "
-                "subsampled plate that not every site lives in; put every site in that plate"
-            )
+        check_unit_subsampling(terms, "TraceRWS_ELBO")
         w = torch.softmax(terms.log_weights.detach(), 0)
         wake_theta = terms.unit_scale * (w * terms.log_p).sum()
         wake_phi = terms.unit_scale * (w * terms.log_q).sum()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import ParticleObjective, negative_loss
+from .base import ParticleObjective, check_unit_subsampling, negative_loss
 
 __all__ = ["TraceTVO_ELBO", "tvo_surrogate"]
 
@@ -88,11 +88,7 @@ class TraceTVO_ELBO(ParticleObjective):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """Minus the TVO bound; its gradient is minus the covariance estimator."""
         terms = self._terms(model, guide, args, kwargs, detach_values=True)
-        if terms.num_particles > 1 and terms.subsampled_sites:
-            raise ValueError(
-                f"TraceTVO_ELBO: sites {list(terms.subsampled_sites)} are scaled by a "
-                "subsampled plate that not every site lives in; put every site in that plate"
-            )
+        check_unit_subsampling(terms, "TraceTVO_ELBO")
         value, surrogate = tvo_surrogate(terms.log_p, terms.log_q, self.betas)
         value, surrogate = terms.unit_scale * value, terms.unit_scale * surrogate
         return negative_loss(value, surrogate)
