@@ -213,3 +213,17 @@ def test_nan_is_caught_where_it_appears():
     pyro.enable_validation(False)
     with pytest.raises(ValueError, match="NaN or infinite"):
         lv.TraceIWAE_ELBO(2).loss_and_grads(model, lambda x: None, torch.ones(3))
+
+
+@pytest.mark.parametrize("loss_name", list(OBJECTIVES))
+def test_objectives_follow_the_data_device(loss_name, device):
+    data = MODEL.simulate(10).to(device)
+
+    def guide(x):
+        loc = pyro.param("q_loc", lambda: torch.zeros(len(x), 2, device=x.device))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+    svi = SVI(MODEL, guide, pyro.optim.Adam({"lr": 0.01}), OBJECTIVES[loss_name]())
+    assert torch.isfinite(torch.tensor(svi.step(data)))
+    assert all(v.device.type == device.type for v in pyro.get_param_store().values())
