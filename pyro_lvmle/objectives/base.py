@@ -68,8 +68,9 @@ class ParticleObjective(ELBO):
         raise NotImplementedError
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """Minus the bound, as a float (one draw of the particles)."""
-        return self.differentiable_loss(model, guide, *args, **kwargs).detach().item()
+        """Minus the bound, as a float (one draw of the particles), without building a graph."""
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Minus the bound as a float, with the estimator's gradient accumulated in ``.grad``.
