@@ -52,3 +52,18 @@ def central_difference(fn, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         step = step.view_as(x)
         flat[i] = (fn(x + step) - fn(x - step)) / (2 * eps)
     return grad
+
+
+def capped_effective_sample_size(draws: torch.Tensor) -> torch.Tensor:
+    """Effective sample size of ``(chains, draws, dim)`` MCMC output, per coordinate.
+
+    Pyro's estimator (Geyer's initial monotone sequence over chains) can return values above
+    the number of draws, or negative ones, for antithetic chains such as HMC near half a
+    period; those are capped at the number of draws, which only widens the tolerances.
+    """
+    from pyro.ops.stats import effective_sample_size
+
+    total = draws.shape[0] * draws.shape[1]
+    ess = effective_sample_size(draws, chain_dim=0, sample_dim=1)
+    ess = torch.where(torch.isfinite(ess) & (ess > 0), ess, torch.full_like(ess, total))
+    return ess.clamp(max=total)

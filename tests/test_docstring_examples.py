@@ -18,6 +18,7 @@ MODULES = [
     "pyro_lvmle.objectives.tvo",
     "pyro_lvmle.objectives.rws",
     "pyro_lvmle.traces.prior_guide",
+    "pyro_lvmle.traces.potential",
 ]
 
 

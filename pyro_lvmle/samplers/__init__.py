@@ -1,5 +1,29 @@
-"""Batched samplers (HMC, MALA, ULA, Gibbs) with NamedTuple states and pure ``step``
-functions, and an adapter for Pyro's NUTS/HMC. Filled by the MCMC-gradient issue.
+"""Batched samplers: HMC, MALA and ULA as pure ``init``/``step`` functions on a NamedTuple
+state with a leading chain dimension, and their warm-up (dual averaging, diagonal mass).
 """
 
-__all__: list[str] = []
+from .hmc import (
+    DualAveraging,
+    HMCInfo,
+    HMCState,
+    dual_averaging_update,
+    hmc_init,
+    hmc_step,
+    mala_step,
+    ula_step,
+)
+from .warmup import WarmupResult, warmup, warmup_windows
+
+__all__ = [
+    "DualAveraging",
+    "HMCInfo",
+    "HMCState",
+    "WarmupResult",
+    "dual_averaging_update",
+    "hmc_init",
+    "hmc_step",
+    "mala_step",
+    "ula_step",
+    "warmup",
+    "warmup_windows",
+]

@@ -6,10 +6,14 @@ log-weight components every objective needs, with plate and subsampling bookkeep
 """
 
 from .particles import PARTICLE_PLATE, ParticleTerms, guess_max_plate_nesting, particle_terms
+from .potential import CHAIN_PLATE, LatentSite, Potential
 from .prior_guide import PriorGuide
 
 __all__ = [
+    "CHAIN_PLATE",
+    "LatentSite",
     "PARTICLE_PLATE",
+    "Potential",
     "ParticleTerms",
     "PriorGuide",
     "guess_max_plate_nesting",

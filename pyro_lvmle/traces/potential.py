@@ -1,0 +1,184 @@
+"""The batched potential energy of a Pyro model over its unconstrained latent space.
+
+:class:`Potential` turns ``model(*args, **kwargs)`` into
+:math:`U(q) = -\\log p(x, T(q)) - \\log |\\det J_T(q)|` for ``C`` chains at once: the chains
+are an outermost plate, the latent sites are conditioned on their transformed values, and
+one run of the model gives every chain's energy (and, by one backward pass, every chain's
+gradient). Positions are flat ``(C, D)`` tensors; :meth:`Potential.unpack` maps them back to
+constrained site values.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from torch.distributions import biject_to
+
+from .particles import _is_subsample, guess_max_plate_nesting
+
+__all__ = ["CHAIN_PLATE", "LatentSite", "Potential"]
+
+#: Name of the plate that vectorizes chains.
+CHAIN_PLATE = "num_chains_vectorized"
+
+
+class LatentSite(NamedTuple):
+    """Layout of one latent site in the flat unconstrained position.
+
+    :ivar str name: the site's name.
+    :ivar torch.Size shape: the site's value shape (one chain).
+    :ivar int offset: where its coordinates start in the flat position.
+    :ivar int numel: how many unconstrained coordinates it has.
+    :ivar transform: maps unconstrained to constrained values (``biject_to(support)``).
+    :ivar tuple batched_shape: the unconstrained shape with chains, ``-1`` standing for the
+        chain dimension, which sits left of every plate the model may open.
+    """
+
+    name: str
+    shape: torch.Size
+    offset: int
+    numel: int
+    transform: torch.distributions.Transform
+    batched_shape: tuple
+
+
+class Potential:
+    r"""Potential energy :math:`U(q) = -\log p(x, T(q)) - \log|\det J_T(q)|`, batched over chains.
+
+    :param model: a Pyro model whose latent sites are all continuous.
+    :param tuple args: the model's arguments (data).
+    :param dict kwargs: the model's keyword arguments.
+    :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
+    :raises ValueError: if the model has no latent site, or a discrete one.
+
+    Example::
+
+        >>> import torch, pyro_lvmle as lv
+        >>> from pyro_lvmle.traces import Potential
+        >>> model = lv.models.LinearGaussian(dim=2)
+        >>> data = model.simulate(5)
+        >>> potential = Potential(model, (data,))
+        >>> potential.dim, potential(torch.zeros(3, potential.dim)).shape
+        (10, torch.Size([3]))
+    """
+
+    def __init__(self, model, args=(), kwargs=None, *, max_plate_nesting: int | None = None):
+        self.model = model
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        if max_plate_nesting is None:
+            max_plate_nesting = guess_max_plate_nesting(model, lambda *a, **k: None,
+                                                        self.args, self.kwargs)
+        self.max_plate_nesting = max_plate_nesting
+        with poutine.block():
+            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+        sites, offset = [], 0
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] or _is_subsample(site) \
+                    or site["infer"].get("_deterministic"):
+                continue
+            if site["fn"].support.is_discrete:
+                raise ValueError(
+                    f"latent site {name!r} is discrete; gradient-based samplers need continuous "
+                    "latents (sum discrete ones out with config_enumerate, or use Gibbs)"
+                )
+            transform = biject_to(site["fn"].support)
+            unconstrained = transform.inv(site["value"])
+            # the chain dimension goes left of all max_plate_nesting plate dimensions
+            pad = max_plate_nesting - len(site["fn"].batch_shape)
+            batched = (-1,) + (1,) * pad + tuple(unconstrained.shape)
+            sites.append(LatentSite(name, site["value"].shape, offset, unconstrained.numel(),
+                                    transform, batched))
+            offset += unconstrained.numel()
+        if not sites:
+            raise ValueError("the model has no latent sites: there is nothing to sample")
+        self.sites = tuple(sites)
+        self.dim = offset
+
+    def unpack(self, position: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Constrained site values of flat positions ``(C, D)``: ``(C, 1, ..., *site shape)``,
+        with size-1 dimensions for the plates the site is not in."""
+        return {name: value for name, (value, _) in self._unpack(position).items()}
+
+    def _unpack(self, position):
+        out = {}
+        for site in self.sites:
+            flat = position[..., site.offset:site.offset + site.numel]
+            unconstrained = flat.reshape(site.batched_shape)
+            value = site.transform(unconstrained)
+            out[site.name] = (value, site.transform.log_abs_det_jacobian(unconstrained, value))
+        return out
+
+    def pack(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Flat unconstrained positions ``(C, D)`` of constrained values, as :meth:`unpack`
+        gives them (or ``(C, *site shape)``)."""
+        parts = []
+        for site in self.sites:
+            value = values[site.name]
+            unconstrained = site.transform.inv(value)
+            parts.append(unconstrained.reshape(value.shape[0], -1))
+        return torch.cat(parts, -1)
+
+    def log_joint(self, position: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log p(x, T(q))` per chain (no Jacobian), differentiable in the model's
+        parameters: the quantity Fisher's identity differentiates.
+
+        :param torch.Tensor position: ``(C, D)``.
+        """
+        return self._energy(position, jacobian=False).neg()
+
+    def __call__(self, position: torch.Tensor) -> torch.Tensor:
+        """:math:`U(q)` per chain, shape ``(C,)``, for positions ``(C, D)``."""
+        return self._energy(position, jacobian=True)
+
+    def value_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`U(q)` and :math:`\\nabla_q U(q)` per chain, by one model run and one
+        backward pass; both detached."""
+        with torch.enable_grad():
+            position = position.detach().requires_grad_(True)
+            energy = self(position)
+            (grad,) = torch.autograd.grad(energy.sum(), position)
+        return energy.detach(), grad.detach()
+
+    def _energy(self, position, jacobian):
+        if position.dim() != 2 or position.shape[-1] != self.dim:
+            raise ValueError(
+                f"Potential: positions must have shape (num_chains, {self.dim}), got "
+                f"{tuple(position.shape)}"
+            )
+        num_chains = position.shape[0]
+        unpacked = self._unpack(position)
+        data = {name: value for name, (value, _) in unpacked.items()}
+        chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(self.max_plate_nesting + 1))
+        conditioned = poutine.condition(chains(self.model), data=data)
+        with poutine.block():
+            trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
+        rank = self.max_plate_nesting + 1
+        log_joint = position.new_zeros(num_chains)
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or _is_subsample(site):
+                continue
+            log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            log_prob = pyro.distributions.util.scale_and_mask(log_prob, site["scale"],
+                                                              site["mask"])
+            log_joint = log_joint + _sum_to_chains(log_prob, rank, num_chains)
+        if jacobian:
+            for _, log_det in unpacked.values():
+                log_det = log_det.reshape(num_chains, -1).sum(-1) if log_det.dim() > 1 \
+                    else log_det.expand(num_chains)
+                log_joint = log_joint + log_det
+        return -log_joint
+
+
+def _sum_to_chains(log_prob, rank, num_chains):
+    """Sum a site's log density over every dimension but the chain plate's."""
+    if not torch.is_tensor(log_prob) or log_prob.dim() == 0:
+        return torch.as_tensor(log_prob).expand(num_chains)
+    log_prob = log_prob.reshape((1,) * max(rank - log_prob.dim(), 0) + log_prob.shape)
+    chain_dim = log_prob.dim() - rank
+    total = log_prob.sum(tuple(d for d in range(log_prob.dim()) if d != chain_dim))
+    return total.expand(num_chains)
+
