@@ -8,6 +8,13 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import models
+from .gradients import (
+    MCMCGradient,
+    ObservedInformation,
+    empty_guide,
+    observed_information,
+    standard_errors,
+)
 from .objectives import (
     GradientCheck,
     ParticleObjective,
@@ -27,6 +34,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "GradientCheck",
+    "MCMCGradient",
+    "ObservedInformation",
     "ParticleObjective",
     "PriorGuide",
     "TraceIWAE_ELBO",
@@ -36,5 +45,8 @@ __all__ = [
     "TraceTVO_ELBO",
     "__version__",
     "check_gradient",
+    "empty_guide",
     "models",
+    "observed_information",
+    "standard_errors",
 ]

@@ -1,5 +1,14 @@
-"""Gradient estimators that are not bounds: ``MCMCGradient`` (Fisher's identity) and
-``ContrastiveDivergence`` (positive minus negative phase). Filled by later issues.
+"""Gradient estimators that are not bounds: :class:`MCMCGradient` (Fisher's identity, with
+persistent Markov chains) and standard errors at the MLE by Louis' identity.
 """
 
-__all__: list[str] = []
+from .fisher import MCMCGradient, empty_guide
+from .information import ObservedInformation, observed_information, standard_errors
+
+__all__ = [
+    "MCMCGradient",
+    "ObservedInformation",
+    "empty_guide",
+    "observed_information",
+    "standard_errors",
+]

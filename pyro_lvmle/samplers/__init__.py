@@ -1,28 +1,39 @@
 """Batched samplers: HMC, MALA and ULA as pure ``init``/``step`` functions on a NamedTuple
-state with a leading chain dimension, and their warm-up (dual averaging, diagonal mass).
+state with a leading chain dimension, and their warm-up (dual averaging, diagonal mass);
+the sampler interface the gradients use (:class:`BatchedKernel`), and Pyro's own NUTS/HMC
+behind the same interface (:class:`PyroKernel`).
 """
 
 from .hmc import (
     DualAveraging,
     HMCInfo,
     HMCState,
+    dual_averaging_init,
     dual_averaging_update,
     hmc_init,
     hmc_step,
     mala_step,
+    stack_info,
     ula_step,
 )
+from .kernels import BATCHED_STEPS, BatchedKernel
+from .pyro_kernel import PyroKernel
 from .warmup import WarmupResult, warmup, warmup_windows
 
 __all__ = [
+    "BATCHED_STEPS",
+    "BatchedKernel",
     "DualAveraging",
     "HMCInfo",
     "HMCState",
+    "PyroKernel",
     "WarmupResult",
+    "dual_averaging_init",
     "dual_averaging_update",
     "hmc_init",
     "hmc_step",
     "mala_step",
+    "stack_info",
     "ula_step",
     "warmup",
     "warmup_windows",

@@ -19,10 +19,12 @@ __all__ = [
     "DualAveraging",
     "HMCInfo",
     "HMCState",
+    "dual_averaging_init",
     "dual_averaging_update",
     "hmc_init",
     "hmc_step",
     "mala_step",
+    "stack_info",
     "ula_step",
 ]
 
@@ -66,7 +68,9 @@ class HMCState(NamedTuple):
 class HMCInfo(NamedTuple):
     """What one transition did, per chain.
 
-    :ivar torch.Tensor accept_prob: the Metropolis acceptance probability (1 for ULA).
+    :ivar torch.Tensor accept_prob: the Metropolis acceptance probability (for ULA, the one a
+        Metropolis test would have used: a measure of its discretization bias, and what its
+        step size adapts on).
     :ivar torch.Tensor accepted: whether the proposal was taken.
     :ivar torch.Tensor divergent: energy error above 1000 or not finite.
     :ivar torch.Tensor energy_error: :math:`H(q', p') - H(q, p)`.
@@ -100,10 +104,14 @@ def hmc_init(position: torch.Tensor, potential, *, step_size: float = 0.1,
     inv_mass = position.new_ones(position.shape) if inverse_mass is None \
         else inverse_mass.expand(position.shape).clone()
     return HMCState(position.detach(), energy, grad, steps, inv_mass,
-                    _dual_averaging_init(steps))
+                    dual_averaging_init(steps))
 
 
-def _dual_averaging_init(step_size):
+def dual_averaging_init(step_size: torch.Tensor) -> DualAveraging:
+    """A fresh dual-averaging state at ``step_size`` ``(C,)`` (:math:`\\mu = \\log 10\\epsilon`).
+
+    :param torch.Tensor step_size: the current step size per chain.
+    """
     log_step = step_size.log()
     return DualAveraging(log_step, log_step.clone(), torch.zeros_like(log_step),
                          log_step + math.log(10.0), 0)
@@ -139,7 +147,7 @@ def dual_averaging_update(adaptation: DualAveraging, accept_prob: torch.Tensor,
 
 def hmc_step(state: HMCState, potential, *, num_steps: int = 10, metropolis: bool = True,
              adapt_step_size: bool = False, target_accept: float = 0.8,
-             shared_step_size: bool = False) -> tuple[HMCState, HMCInfo]:
+             shared_step_size: bool = False, jitter: float = 0.0) -> tuple[HMCState, HMCInfo]:
     r"""One HMC transition for every chain: fresh momentum, leapfrog, Metropolis test.
 
     With :math:`p \sim \mathcal{N}(0, M)` and :math:`H(q, p) = U(q) + \tfrac12 p^\top M^{-1} p`,
@@ -155,13 +163,23 @@ def hmc_step(state: HMCState, potential, *, num_steps: int = 10, metropolis: boo
     :param float target_accept: the mean acceptance probability adaptation aims for.
     :param bool shared_step_size: one step size for all chains, adapted on their mean
         acceptance probability.
+    :param float jitter: multiply each chain's step size by a fresh
+        :math:`\mathcal{U}(1 - j, 1 + j)` draw for this transition (Neal 2011, sec. 5.4.2.2):
+        a fixed trajectory length can be nearly periodic for a near-Gaussian target, which
+        makes the chain return near its start (tiny effective sample size); a random length
+        breaks that. The jittered step is independent of the state, so the target stays
+        invariant.
     :returns: the new state and an :class:`HMCInfo`.
     """
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError(f"hmc_step: jitter must be in [0, 1), got {jitter!r}")
     q, energy, grad, eps, inv_mass = (state.position, state.potential_energy, state.grad,
                                       state.step_size, state.inverse_mass)
     momentum = torch.randn_like(q) / inv_mass.sqrt()
     kinetic = 0.5 * (momentum**2 * inv_mass).sum(-1)
     e = eps.unsqueeze(-1)
+    if jitter:
+        e = e * (1.0 + jitter * (2.0 * torch.rand_like(e) - 1.0))
     new_q, new_p, new_energy, new_grad = q, momentum, energy, grad
     for _ in range(num_steps):
         new_p = new_p - 0.5 * e * new_grad
@@ -172,12 +190,11 @@ def hmc_step(state: HMCState, potential, *, num_steps: int = 10, metropolis: boo
     energy_error = (new_energy + new_kinetic) - (energy + kinetic)
     finite = torch.isfinite(energy_error)
     divergent = ~finite | (energy_error > 1000.0)
+    accept_prob = torch.where(finite, (-energy_error).clamp(max=0.0).exp(),
+                              torch.zeros_like(energy_error))
     if metropolis:
-        accept_prob = torch.where(finite, (-energy_error).clamp(max=0.0).exp(),
-                                  torch.zeros_like(energy_error))
         accepted = torch.rand_like(accept_prob) < accept_prob
     else:
-        accept_prob = torch.ones_like(energy_error)
         accepted = finite
     keep = accepted.unsqueeze(-1)
     position = torch.where(keep, new_q, q)
@@ -190,6 +207,18 @@ def hmc_step(state: HMCState, potential, *, num_steps: int = 10, metropolis: boo
         step_size = adaptation.log_step.exp()
     new_state = HMCState(position, potential_energy, grad, step_size, inv_mass, adaptation)
     return new_state, HMCInfo(accept_prob, accepted, divergent, energy_error)
+
+
+def stack_info(infos: list[HMCInfo], state: HMCState) -> HMCInfo:
+    """Stack per-transition infos along a new leading dimension (empty if there are none).
+
+    :param list infos: :class:`HMCInfo` of successive transitions.
+    :param HMCState state: gives the chain count, dtype and device of an empty result.
+    """
+    if infos:
+        return HMCInfo(*(torch.stack(field) for field in zip(*infos, strict=True)))
+    empty = state.position.new_zeros((0, state.position.shape[0]))
+    return HMCInfo(empty, empty.bool(), empty.bool(), empty)
 
 
 #: MALA: HMC with a single leapfrog step (Roberts & Tweedie 1996); target acceptance 0.574

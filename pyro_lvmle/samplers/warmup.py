@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .hmc import HMCState, _dual_averaging_init, hmc_step
+from .hmc import HMCInfo, HMCState, dual_averaging_init, hmc_step, stack_info
 
 __all__ = ["WarmupResult", "warmup", "warmup_windows"]
 
@@ -15,13 +15,21 @@ class WarmupResult(NamedTuple):
     """The adapted chains and what warm-up saw.
 
     :ivar HMCState state: the chains after warm-up, step size set to the dual average.
-    :ivar torch.Tensor accept_prob: mean acceptance probability per warm-up iteration.
-    :ivar int num_divergent: divergent transitions during warm-up.
+    :ivar HMCInfo info: every warm-up transition's info, stacked: ``(warmup_steps, C)``.
     """
 
     state: HMCState
-    accept_prob: torch.Tensor
-    num_divergent: int
+    info: HMCInfo
+
+    @property
+    def accept_prob(self) -> torch.Tensor:
+        """Mean acceptance probability over chains, per warm-up iteration."""
+        return self.info.accept_prob.mean(-1)
+
+    @property
+    def num_divergent(self) -> int:
+        """Divergent transitions during warm-up."""
+        return int(self.info.divergent.sum())
 
 
 def warmup_windows(num_steps: int) -> list[tuple[int, int]]:
@@ -62,7 +70,7 @@ def warmup(state: HMCState, potential, warmup_steps: int, *, step=hmc_step,
     windows = warmup_windows(warmup_steps) if adapt_mass else []
     ends = {end for _, end in windows}
     starts = {start for start, _ in windows}
-    accept, divergent = [], 0
+    infos = []
     count = mean = m2 = None
     for i in range(warmup_steps):
         if i in starts:
@@ -70,18 +78,17 @@ def warmup(state: HMCState, potential, warmup_steps: int, *, step=hmc_step,
                 torch.zeros_like(state.position[0])
         state, info = step(state, potential, adapt_step_size=True,
                            shared_step_size=shared_step_size, **step_kwargs)
-        accept.append(info.accept_prob.mean())
-        divergent += int(info.divergent.sum())
+        infos.append(info)
         if count is not None:
             count, mean, m2 = _welford(count, mean, m2, state.position)
         if i + 1 in ends:
             n = count
             variance = (n / (n + 5.0)) * m2 / max(n - 1, 1) + 1e-3 * (5.0 / (n + 5.0))
             state = state._replace(inverse_mass=variance.expand_as(state.position).clone(),
-                                   adaptation=_dual_averaging_init(state.step_size))
+                                   adaptation=dual_averaging_init(state.step_size))
             count = None
     state = state._replace(step_size=state.adaptation.log_step_avg.exp())
-    return WarmupResult(state, torch.stack(accept) if accept else torch.zeros(0), divergent)
+    return WarmupResult(state, stack_info(infos, state))
 
 
 def _welford(count, mean, m2, positions):

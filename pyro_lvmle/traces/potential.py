@@ -6,15 +6,21 @@ are an outermost plate, the latent sites are conditioned on their transformed va
 one run of the model gives every chain's energy (and, by one backward pass, every chain's
 gradient). Positions are flat ``(C, D)`` tensors; :meth:`Potential.unpack` maps them back to
 constrained site values.
+
+Discrete latent sites marked for parallel enumeration (``infer={"enumerate": "parallel"}``,
+e.g. by :func:`~pyro.infer.enum.config_enumerate`) are summed out exactly, as Pyro's HMC does:
+the energy is that of the continuous latents with the discrete ones marginalized.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.ops.contract import contract_to_tensor
 from torch.distributions import biject_to
 
 from .particles import _is_subsample, guess_max_plate_nesting
@@ -30,29 +36,42 @@ class LatentSite(NamedTuple):
 
     :ivar str name: the site's name.
     :ivar torch.Size shape: the site's value shape (one chain).
+    :ivar torch.Size unconstrained_shape: the shape of its unconstrained value (one chain).
     :ivar int offset: where its coordinates start in the flat position.
     :ivar int numel: how many unconstrained coordinates it has.
     :ivar transform: maps unconstrained to constrained values (``biject_to(support)``).
     :ivar tuple batched_shape: the unconstrained shape with chains, ``-1`` standing for the
         chain dimension, which sits left of every plate the model may open.
+    :ivar tuple subsampled: ``(plate name, axis, full size)`` for each vectorized plate the
+        site lives in, ``axis`` indexing ``batched_shape``: the site holds one value per datum
+        of the plate's current subsample (all of them when the plate is not subsampled) along
+        that axis, as :attr:`Potential.subsample_indices` lists them.
     """
 
     name: str
     shape: torch.Size
+    unconstrained_shape: torch.Size
     offset: int
     numel: int
     transform: torch.distributions.Transform
     batched_shape: tuple
+    subsampled: tuple = ()
 
 
 class Potential:
     r"""Potential energy :math:`U(q) = -\log p(x, T(q)) - \log|\det J_T(q)|`, batched over chains.
 
-    :param model: a Pyro model whose latent sites are all continuous.
+    :param model: a Pyro model whose latent sites are continuous or enumerable.
     :param tuple args: the model's arguments (data).
     :param dict kwargs: the model's keyword arguments.
     :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
-    :raises ValueError: if the model has no latent site, or a discrete one.
+    :raises ValueError: if the model has no continuous latent site, or a discrete one not
+        marked for parallel enumeration.
+
+    A model with a subsampled :class:`~pyro.plate` draws new indices on every run: the
+    potential keeps those of its first run (:attr:`subsample_indices`, by plate name), so
+    that every evaluation sees the same mini-batch. Latent sites in such a plate hold one
+    value per datum of the batch (see :attr:`LatentSite.subsampled`).
 
     Example::
 
@@ -75,28 +94,62 @@ class Potential:
         self.max_plate_nesting = max_plate_nesting
         with poutine.block():
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
-        sites, offset = [], 0
+        #: the indices of each plate's mini-batch, fixed for every evaluation
+        self.subsample_indices = {name: site["value"] for name, site in trace.nodes.items()
+                                  if site["type"] == "sample" and _is_subsample(site)}
+        if self.subsample_indices:
+            self.model = poutine.condition(model, data=self.subsample_indices)
+        sites, offset, enumerated = [], 0, []
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"] or _is_subsample(site) \
                     or site["infer"].get("_deterministic"):
                 continue
             if site["fn"].support.is_discrete:
+                if site["infer"].get("enumerate") == "parallel":
+                    enumerated.append(name)
+                    continue
                 raise ValueError(
                     f"latent site {name!r} is discrete; gradient-based samplers need continuous "
-                    "latents (sum discrete ones out with config_enumerate, or use Gibbs)"
+                    "latents: mark it for enumeration (pyro.infer.config_enumerate, "
+                    "infer={'enumerate': 'parallel'}) to sum it out"
                 )
             transform = biject_to(site["fn"].support)
             unconstrained = transform.inv(site["value"])
             # the chain dimension goes left of all max_plate_nesting plate dimensions
             pad = max_plate_nesting - len(site["fn"].batch_shape)
             batched = (-1,) + (1,) * pad + tuple(unconstrained.shape)
-            sites.append(LatentSite(name, site["value"].shape, offset, unconstrained.numel(),
-                                    transform, batched))
+            subsampled = tuple(
+                (f.name, 1 + max_plate_nesting + f.dim, f.full_size)
+                for f in site["cond_indep_stack"]
+                if f.vectorized and f.name in self.subsample_indices and f.full_size is not None
+            )
+            sites.append(LatentSite(name, site["value"].shape, unconstrained.shape, offset,
+                                    unconstrained.numel(),
+                                    transform, batched, subsampled))
             offset += unconstrained.numel()
         if not sites:
-            raise ValueError("the model has no latent sites: there is nothing to sample")
+            raise ValueError("the model has no continuous latent sites: there is nothing to "
+                             "sample" + (" (its discrete ones are summed out)" if enumerated
+                                         else ""))
         self.sites = tuple(sites)
+        self.enumerated = tuple(enumerated)
         self.dim = offset
+
+    def sample_prior(self, num_chains: int) -> torch.Tensor:
+        """Positions ``(num_chains, D)`` drawn from the model's prior (one run of the model for
+        all chains): a starting point for chains that is in the support of every site.
+
+        :param int num_chains: how many draws.
+        """
+        chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(self.max_plate_nesting + 1))
+        with poutine.block():
+            trace = poutine.trace(chains(self.model)).get_trace(*self.args, **self.kwargs)
+        values = {}
+        for site in self.sites:
+            value = trace.nodes[site.name]["value"]
+            values[site.name] = value.expand(
+                (num_chains,) + value.shape[1:]) if value.shape[:1] == (1,) else value
+        return self.pack(values).detach()
 
     def unpack(self, position: torch.Tensor) -> dict[str, torch.Tensor]:
         """Constrained site values of flat positions ``(C, D)``: ``(C, 1, ..., *site shape)``,
@@ -126,12 +179,19 @@ class Potential:
         """:math:`\\log p(x, T(q))` per chain (no Jacobian), differentiable in the model's
         parameters: the quantity Fisher's identity differentiates.
 
+        The model's ``pyro.param`` sites are visible to outer handlers (``SVI`` collects the
+        parameters to update this way); its sample sites are not.
+
         :param torch.Tensor position: ``(C, D)``.
         """
         return self._energy(position, jacobian=False).neg()
 
     def __call__(self, position: torch.Tensor) -> torch.Tensor:
-        """:math:`U(q)` per chain, shape ``(C,)``, for positions ``(C, D)``."""
+        """:math:`U(q)` per chain, shape ``(C,)``, for positions ``(C, D)``.
+
+        Under a subsampled plate the energy leaves out the plate's ``N/B`` factor, so that
+        each datum's latent is sampled from its own posterior (:meth:`log_joint` keeps the
+        factor: its gradient is an unbiased estimate of the full-data one)."""
         return self._energy(position, jacobian=True)
 
     def value_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,23 +214,61 @@ class Potential:
         data = {name: value for name, (value, _) in unpacked.items()}
         chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(self.max_plate_nesting + 1))
         conditioned = poutine.condition(chains(self.model), data=data)
-        with poutine.block():
+        if self.enumerated:
+            conditioned = poutine.enum(conditioned,
+                                       first_available_dim=-(self.max_plate_nesting + 2))
+        # the sampler's energies hide everything; the gradient's log joint shows its params
+        with poutine.block(expose_types=[] if jacobian else ["param"]):
             trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
-        rank = self.max_plate_nesting + 1
-        log_joint = position.new_zeros(num_chains)
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or _is_subsample(site):
-                continue
-            log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-            log_prob = pyro.distributions.util.scale_and_mask(log_prob, site["scale"],
-                                                              site["mask"])
-            log_joint = log_joint + _sum_to_chains(log_prob, rank, num_chains)
+        if jacobian:  # each datum's chain targets its own posterior: no N/B factor
+            for site in trace.nodes.values():
+                if site["type"] == "sample":
+                    site["scale"] = site["scale"] / _subsample_factor(site)
+        if self.enumerated:
+            log_joint = _contract_enumerated(trace, num_chains)
+        else:
+            rank = self.max_plate_nesting + 1
+            log_joint = position.new_zeros(num_chains)
+            for site in trace.nodes.values():
+                if site["type"] != "sample" or _is_subsample(site):
+                    continue
+                log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+                log_prob = pyro.distributions.util.scale_and_mask(log_prob, site["scale"],
+                                                                  site["mask"])
+                log_joint = log_joint + _sum_to_chains(log_prob, rank, num_chains)
         if jacobian:
             for _, log_det in unpacked.values():
                 log_det = log_det.reshape(num_chains, -1).sum(-1) if log_det.dim() > 1 \
                     else log_det.expand(num_chains)
                 log_joint = log_joint + log_det
         return -log_joint
+
+
+def _subsample_factor(site) -> float:
+    """The ``N/B`` factor subsampled plates put into a site's scale."""
+    factor = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.full_size is not None and frame.size != frame.full_size:
+            factor *= frame.full_size / frame.size
+    return factor
+
+
+def _contract_enumerated(trace, num_chains):
+    """Sum the enumerated dimensions out of a trace's log densities (a tensor-variable
+    elimination over plates, :func:`pyro.ops.contract.contract_to_tensor`), keeping chains."""
+    trace.compute_log_prob()
+    trace.pack_tensors()
+    factors = OrderedDict()
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or _is_subsample(site):
+            continue
+        ordinal = frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"]
+                            if f.vectorized)
+        factors.setdefault(ordinal, []).append(site["packed"]["log_prob"])
+    enum_dims = set(trace.symbol_to_dim) - set(trace.plate_to_symbol.values())
+    chain_symbol = trace.plate_to_symbol[CHAIN_PLATE]
+    total = contract_to_tensor(factors, enum_dims, target_ordinal=frozenset({chain_symbol}))
+    return total.reshape(-1).expand(num_chains)
 
 
 def _sum_to_chains(log_prob, rank, num_chains):

@@ -1,0 +1,202 @@
+"""Pyro's own ``NUTS``/``HMC`` kernels as persistent samplers.
+
+``pyro.infer.MCMC.run`` sets its kernel up afresh on every call: the model is traced again,
+the step size is searched for again and the mass matrix is reset, so calling it once per
+optimization step throws the adaptation away. :class:`PyroKernel` drives the kernel's
+``setup``/``sample`` directly instead: one kernel per chain, set up (and warmed up) once,
+then advanced a few transitions per call with its step size and mass matrix kept.
+
+Between calls the model's parameters change, so the potential energy a kernel cached for
+its current position is stale: :meth:`PyroKernel.refresh` clears the cache, and the next
+transition recomputes the energy under the current parameters (skipping that biases every
+Metropolis test, or NUTS's multinomial weights, that follows a parameter update).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .hmc import HMCInfo, HMCState, dual_averaging_init, stack_info
+
+__all__ = ["PyroKernel"]
+
+
+class PyroKernel:
+    """A Pyro ``HMC`` or ``NUTS`` kernel (of the same model) as a persistent multi-chain sampler.
+
+    :param kernel: a ``pyro.infer.HMC`` or ``pyro.infer.NUTS`` built on a model (not on a
+        ``potential_fn``), without ``jit_compile`` (a compiled potential would freeze the
+        parameters' values). Each chain gets its own deep copy.
+
+    The positions are those of :class:`~pyro_lvmle.traces.Potential` (flat, unconstrained,
+    by the same ``biject_to`` transforms Pyro uses). The state's ``step_size`` and
+    ``inverse_mass`` report each kernel's (only a diagonal mass is reported); its
+    ``adaptation`` field is unused, since Pyro's kernels adapt themselves during the
+    ``warmup_steps`` given to :meth:`init`.
+
+    Example::
+
+        >>> import torch, pyro, pyro_lvmle as lv
+        >>> from pyro_lvmle.samplers import PyroKernel
+        >>> from pyro_lvmle.traces import Potential
+        >>> model = lv.models.LinearGaussian()
+        >>> data = model.simulate(3)
+        >>> potential = Potential(model, (data,))
+        >>> sampler = PyroKernel(pyro.infer.NUTS(model))
+        >>> state = sampler.init(torch.zeros(2, potential.dim), potential, warmup_steps=20)
+        >>> state, info = sampler.warmup(state, potential, 20)
+        >>> state, info = sampler.step(state, potential)
+        >>> state.position.shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, kernel):
+        from pyro.infer.mcmc import HMC
+
+        if not isinstance(kernel, HMC):
+            raise TypeError(f"PyroKernel: kernel must be a pyro.infer.HMC or NUTS, got "
+                            f"{type(kernel).__name__}")
+        if kernel.model is None:
+            raise ValueError("PyroKernel: the kernel must be built on a model "
+                             "(HMC(model) / NUTS(model)), not on a potential_fn")
+        if getattr(kernel, "_jit_compile", False):
+            raise ValueError("PyroKernel: jit_compile=True would freeze the parameters inside "
+                             "the compiled potential; build the kernel without it")
+        self.kernel = kernel
+        self.kernels = None
+        self._args = None
+
+    def __repr__(self) -> str:
+        return f"PyroKernel({type(self.kernel).__name__})"
+
+    def init(self, position: torch.Tensor, potential, warmup_steps: int = 0) -> HMCState:
+        """Set one copy of the kernel up per chain at ``position`` ``(C, D)``, ready for
+        ``warmup_steps`` adapting transitions (Pyro's own schedule).
+
+        :param torch.Tensor position: unconstrained starting points.
+        :param potential: the :class:`~pyro_lvmle.traces.Potential` of the kernel's model.
+        :param int warmup_steps: how many of the coming transitions adapt.
+        """
+        if any(potential.subsample_indices[plate].numel() != full_size
+               for site in potential.sites for plate, _, full_size in site.subsampled):
+            raise ValueError(
+                "PyroKernel: latent sites in a subsampled plate need per-datum chains; Pyro's "
+                "kernels are set up for fixed data, use kernel='hmc' or 'mala' instead"
+            )
+        self.kernels = [copy.deepcopy(self.kernel) for _ in range(position.shape[0])]
+        for kernel, params in zip(self.kernels, self._split(position, potential), strict=False):
+            kernel.initial_params = params
+            kernel.setup(warmup_steps, *potential.args, **potential.kwargs)
+        self._args = (potential.args, potential.kwargs)
+        return self._state(position, potential)
+
+    def refresh(self, state: HMCState, potential) -> HMCState:
+        """Forget each kernel's cached energy (recomputed under the current parameters by the
+        next transition), and rebuild its potential if the data changed.
+
+        :param HMCState state: the chains.
+        :param potential: the target.
+        """
+        self._check_ready()
+        if not _same_args(self._args, (potential.args, potential.kwargs)):
+            for kernel in self.kernels:
+                kernel._initialize_model_properties(potential.args, potential.kwargs)
+            self._args = (potential.args, potential.kwargs)
+        for kernel in self.kernels:
+            kernel.clear_cache()
+        return self._state(state.position, potential)
+
+    def warmup(self, state: HMCState, potential, num_steps: int) -> tuple[HMCState, HMCInfo]:
+        """Run ``num_steps`` transitions (adapting while within the kernels' warm-up).
+
+        :param HMCState state: the chains.
+        :param potential: the target.
+        :param int num_steps: transitions.
+        """
+        infos = []
+        for _ in range(num_steps):
+            state, info = self.step(state, potential)
+            infos.append(info)
+        return state, stack_info(infos, state)
+
+    def step(self, state: HMCState, potential) -> tuple[HMCState, HMCInfo]:
+        """One transition of every chain, by its own kernel.
+
+        :param HMCState state: the chains.
+        :param potential: the target.
+        """
+        self._check_ready()
+        accept, divergent, rows = [], [], []
+        split = self._split(state.position, potential)
+        for kernel, params in zip(self.kernels, split, strict=True):
+            before_mean, before_div = kernel._mean_accept_prob, len(kernel._divergences)
+            t = kernel._t
+            new = kernel.sample(params)
+            n = t + 1 - kernel._warmup_steps if t + 1 > kernel._warmup_steps else t + 1
+            # the kernel keeps a running mean; recover this transition's term from it
+            accept.append(before_mean + n * (kernel._mean_accept_prob - before_mean))
+            divergent.append(len(kernel._divergences) > before_div)
+            rows.append(torch.cat([new[site.name].reshape(-1) for site in potential.sites]))
+        position = torch.stack(rows)
+        new_state = self._state(position, potential)
+        like = state.potential_energy
+        info = HMCInfo(
+            like.new_tensor(accept).clamp(0.0, 1.0),
+            (position != state.position).any(-1),
+            torch.tensor(divergent, device=like.device),
+            torch.full_like(like, float("nan")),
+        )
+        return new_state, info
+
+    def _check_ready(self):
+        if self.kernels is None:
+            raise RuntimeError("PyroKernel: call init() before refresh(), warmup() or step()")
+
+    @staticmethod
+    def _split(position, potential):
+        """Per-chain dicts of unconstrained site values, as Pyro's kernels take them."""
+        return [
+            {site.name: row[site.offset:site.offset + site.numel].reshape(
+                site.unconstrained_shape) for site in potential.sites}
+            for row in position.detach()
+        ]
+
+    def _state(self, position, potential):
+        step_size = position.new_tensor([float(k.step_size) for k in self.kernels])
+        inverse_mass = torch.stack([_diagonal(k, potential) for k in self.kernels])
+        energies, grads = [], []
+        for kernel in self.kernels:
+            energy = kernel._potential_energy_last
+            z_grads = kernel._z_grads_last
+            energies.append(float("nan") if energy is None else float(energy))
+            grads.append(torch.cat([z_grads[s.name].reshape(-1) for s in potential.sites])
+                         if z_grads else position.new_full((potential.dim,), float("nan")))
+        return HMCState(position.detach(), position.new_tensor(energies), torch.stack(grads),
+                        step_size, inverse_mass, dual_averaging_init(step_size))
+
+
+def _diagonal(kernel, potential):
+    """The kernel's diagonal inverse mass in the potential's layout (ones where a dense block
+    is used)."""
+    like = next(iter(kernel.inverse_mass_matrix.values()))
+    out = like.new_ones(potential.dim)
+    offsets = {site.name: site for site in potential.sites}
+    for names, matrix in kernel.inverse_mass_matrix.items():
+        if matrix.dim() != 1:
+            continue
+        start = 0
+        for name in names:
+            site = offsets[name]
+            out[site.offset:site.offset + site.numel] = matrix[start:start + site.numel]
+            start += site.numel
+    return out
+
+
+def _same_args(old, new):
+    (old_args, old_kwargs), (new_args, new_kwargs) = old, new
+    return len(old_args) == len(new_args) \
+        and all(a is b for a, b in zip(old_args, new_args, strict=True)) \
+        and old_kwargs.keys() == new_kwargs.keys() \
+        and all(old_kwargs[k] is new_kwargs[k] for k in old_kwargs)
