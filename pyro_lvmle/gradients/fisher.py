@@ -206,9 +206,7 @@ class MCMCGradient(ELBO):
 
     def _allocate(self, potential, like):
         """Full-size per-site storage: one value per chain and per datum of the full data."""
-        batched = {plate for plate, idx in potential.subsample_indices.items()
-                   if any(p == plate and idx.numel() != full
-                          for site in potential.sites for p, _, full in site.subsampled)}
+        batched = potential.batched_plates
         for site in potential.sites:
             if batched and not {p for p, _, _ in site.subsampled} & batched:
                 raise ValueError(

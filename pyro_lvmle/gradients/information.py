@@ -137,7 +137,7 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
     with torch.enable_grad():
         substituted = poutine.substitute(model, data=split(theta))
         potential = Potential(substituted, args, kwargs, max_plate_nesting=max_plate_nesting)
-        if any(site.subsampled for site in potential.sites):
+        if potential.batched_plates:
             raise ValueError("observed_information: Louis' identity needs the full data; "
                              "call the model without subsampling")
         missing_sites = [site.name for site in potential.sites if site.name not in samples]

@@ -79,8 +79,7 @@ class PyroKernel:
         :param potential: the :class:`~pyro_lvmle.traces.Potential` of the kernel's model.
         :param int warmup_steps: how many of the coming transitions adapt.
         """
-        if any(potential.subsample_indices[plate].numel() != full_size
-               for site in potential.sites for plate, _, full_size in site.subsampled):
+        if potential.batched_plates:
             raise ValueError(
                 "PyroKernel: latent sites in a subsampled plate need per-datum chains; Pyro's "
                 "kernels are set up for fixed data, use kernel='hmc' or 'mala' instead"

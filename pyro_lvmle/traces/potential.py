@@ -135,6 +135,14 @@ class Potential:
         self.enumerated = tuple(enumerated)
         self.dim = offset
 
+    @property
+    def batched_plates(self) -> frozenset:
+        """Names of the plates whose latent sites see a strict subsample of the data."""
+        return frozenset(
+            plate for site in self.sites for plate, _, full_size in site.subsampled
+            if self.subsample_indices[plate].numel() != full_size
+        )
+
     def sample_prior(self, num_chains: int) -> torch.Tensor:
         """Positions ``(num_chains, D)`` drawn from the model's prior (one run of the model for
         all chains): a starting point for chains that is in the support of every site.
@@ -277,6 +285,7 @@ def _sum_to_chains(log_prob, rank, num_chains):
         return torch.as_tensor(log_prob).expand(num_chains)
     log_prob = log_prob.reshape((1,) * max(rank - log_prob.dim(), 0) + log_prob.shape)
     chain_dim = log_prob.dim() - rank
-    total = log_prob.sum(tuple(d for d in range(log_prob.dim()) if d != chain_dim))
+    others = tuple(d for d in range(log_prob.dim()) if d != chain_dim)
+    total = log_prob.sum(others) if others else log_prob  # sum(()) would sum everything
     return total.expand(num_chains)
 

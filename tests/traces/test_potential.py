@@ -84,3 +84,46 @@ def test_hmc_on_the_potential_recovers_the_exact_posterior():
     truth = posterior.base_dist.loc.reshape(-1)
     sd = posterior.base_dist.scale.reshape(-1)
     assert_within_stderr(draws.mean((0, 1)), truth, sd / ess.sqrt(), what="posterior mean")
+
+
+def test_energy_of_a_model_without_plates_is_per_chain():
+    # max_plate_nesting = 0: the chain dimension is the only one
+    def model(x):
+        pyro.sample("z", dist.Normal(x, 1.0))
+
+    potential = Potential(model, (torch.tensor(0.5),))
+    q = torch.tensor([[0.0], [1.0]])
+    assert_close(potential(q), -dist.Normal(0.5, 1.0).log_prob(q[:, 0]), atol=1e-12)
+
+
+def test_enumerated_discrete_latents_are_summed_out_of_the_energy():
+    x = torch.tensor([-1.0, 0.5, 2.0, 3.0])
+
+    @pyro.infer.config_enumerate
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            c = pyro.sample("c", dist.Bernoulli(0.3))
+            pyro.sample("x", dist.Normal(z + 2.0 * c, 1.0), obs=x)
+
+    potential = Potential(model, (x,))
+    assert potential.enumerated == ("c",) and potential.dim == 4
+    q = torch.randn(3, 4)
+    mixture = torch.stack([torch.tensor(0.7).log() + dist.Normal(q, 1.0).log_prob(x),
+                           torch.tensor(0.3).log() + dist.Normal(q + 2.0, 1.0).log_prob(x)])
+    log_joint = dist.Normal(0.0, 1.0).log_prob(q) + mixture.logsumexp(0)
+    assert_close(potential(q), -log_joint.sum(-1), atol=1e-10)
+
+
+def test_subsampled_plate_keeps_its_indices_and_samples_without_the_scale():
+    model = lv.models.LinearGaussian(dim=1)
+    data = model.simulate(10)
+    potential = Potential(model, (data,), {"subsample_size": 4})
+    index = potential.subsample_indices["data"]
+    assert potential.sites[0].subsampled == (("data", 1, 10),)
+    q = torch.randn(2, 4)
+    p = model.params()
+    log_joint = dist.Normal(p["w"], 1.0).log_prob(q) \
+        + dist.Normal(q, p["sigma"]).log_prob(data[index, 0])
+    assert_close(potential(q), -log_joint.sum(-1), atol=1e-10)
+    assert_close(potential.log_joint(q), 2.5 * log_joint.sum(-1), atol=1e-10)  # N/B = 10/4

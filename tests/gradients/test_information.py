@@ -1,0 +1,77 @@
+"""Louis' identity: standard errors against the analytic ones of the linear-Gaussian model.
+
+With sigma near 1.5 the latents hide about 70% of the information about w and 50% of that
+about sigma, so the missing-information term matters; the relative error of a standard error
+from S effectively independent draws is about sqrt(2 / S) * m / (1 - m) / 2 for a fraction m
+missing: 1.1% for w with S = 20000, which a 5% tolerance covers at over 4 standard errors.
+"""
+
+import pytest
+import torch
+
+import pyro_lvmle as lv
+from tests.common import assert_close
+
+
+def fitted_linear_gaussian():
+    model = lv.models.LinearGaussian(dim=2)
+    data = model.simulate(50, {"w": torch.tensor([0.5, -1.0]), "sigma": torch.tensor(1.5)})
+    model.set_params(model.mle(data))
+    return model, data
+
+
+def analytic_standard_errors(model, data):
+    """Inverse Hessian of the exact log-likelihood, in the constrained parameters."""
+    p = model.params()
+    theta = torch.cat([p["w"].detach(), p["sigma"].detach().reshape(1)])
+    hessian = torch.autograd.functional.hessian(
+        lambda t: model.log_marginal(data, {"w": t[:2], "sigma": t[2]}), theta)
+    se = torch.linalg.inv(-hessian).diagonal().sqrt()
+    return {"w": se[:2], "sigma": se[2]}
+
+
+def test_standard_errors_from_exact_posterior_draws_match_the_analytic_ones():
+    model, data = fitted_linear_gaussian()
+    exact = model.posterior(data).sample((20000,))
+    info = lv.observed_information(model, data, samples={"z": exact})
+    analytic = analytic_standard_errors(model, data)
+    for name, se in info.standard_errors().items():
+        assert_close(se, analytic[name], atol=0.0, rtol=0.05, what=name)
+    # the latents hide sigma^2 / (1 + sigma^2) of the information about w
+    sigma2 = model.params()["sigma"].detach() ** 2
+    assert_close(info.fraction_missing[:2], (sigma2 / (1 + sigma2)).expand(2), atol=0.02)
+
+
+def test_standard_errors_from_the_chains_match_the_analytic_ones():
+    model, data = fitted_linear_gaussian()
+    analytic = analytic_standard_errors(model, data)
+    for name, se in lv.standard_errors(model, data, num_samples=16000, num_chains=64).items():
+        assert_close(se, analytic[name], atol=0.0, rtol=0.05, what=name)
+
+
+def test_planted_bug_complete_data_information_alone_fails():
+    # dropping Louis' missing-information term understates the standard error of w by
+    # 1 - sqrt(1 - 0.7), about 45%
+    model, data = fitted_linear_gaussian()
+    exact = model.posterior(data).sample((20000,))
+    info = lv.observed_information(model, data, samples={"z": exact})
+    wrong = torch.linalg.inv(info.complete).diagonal().sqrt()[:2]
+    with pytest.raises(AssertionError, match="w"):
+        assert_close(wrong, analytic_standard_errors(model, data)["w"], atol=0.0, rtol=0.05,
+                     what="w")
+
+
+def test_bad_input():
+    model, data = fitted_linear_gaussian()
+    with pytest.raises(ValueError, match="samples lack latent sites"):
+        lv.observed_information(model, data, samples={"y": torch.zeros(3)})
+    with pytest.raises(ValueError, match="full data"):
+        lv.observed_information(model, data, samples={"z": torch.zeros(3, 4, 2)},
+                                subsample_size=4)
+    with pytest.raises(ValueError, match="num_samples"):
+        lv.observed_information(model, data, num_samples=1)
+    info = lv.observed_information(model, data, samples={"z": model.posterior(data).sample(
+        (50,))})
+    broken = info._replace(matrix=-info.matrix)
+    with pytest.raises(ValueError, match="not positive definite"):
+        broken.standard_errors()
