@@ -19,6 +19,10 @@ MODULES = [
     "pyro_lvmle.objectives.rws",
     "pyro_lvmle.traces.prior_guide",
     "pyro_lvmle.traces.potential",
+    "pyro_lvmle.samplers.kernels",
+    "pyro_lvmle.samplers.pyro_kernel",
+    "pyro_lvmle.gradients.fisher",
+    "pyro_lvmle.gradients.information",
 ]
 
 
