@@ -377,8 +377,9 @@ class MCMCGradient(ELBO):
         """
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
-        for name in pyro.get_param_store().keys():
-            grad = pyro.param(name).unconstrained().grad
+        # named_parameters reads the store without pyro.param, which SVI would record
+        for name, leaf in pyro.get_param_store().named_parameters():
+            grad = leaf.grad
             if grad is not None and not torch.isfinite(grad).all():
                 raise ValueError(f"MCMCGradient: the gradient of parameter {name!r} is not "
                                  "finite")

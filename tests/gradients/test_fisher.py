@@ -279,3 +279,14 @@ def test_bad_input():
 
     with pytest.raises(ValueError, match="'c' is discrete.*enumerat"):
         lv.MCMCGradient("hmc").loss(discrete, lv.empty_guide, torch.tensor(0.0))
+
+
+def test_svi_updates_only_the_models_parameters():
+    # an unrelated parameter in the store keeps its value (no momentum step on it)
+    model, data = linear_gaussian()
+    other = pyro.param("other", torch.tensor(1.0))
+    other.unconstrained().grad = torch.tensor(0.5)
+    loss = lv.MCMCGradient("mala", num_chains=2, warmup_steps=10)
+    svi = pyro.infer.SVI(model, lv.empty_guide, pyro.optim.Adam({"lr": 0.1}), loss)
+    svi.step(data)
+    assert pyro.param("other").item() == 1.0
