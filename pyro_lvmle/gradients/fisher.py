@@ -32,11 +32,11 @@ from pyro.infer import ELBO
 from ..samplers import (
     BATCHED_STEPS,
     BatchedKernel,
+    ChainStore,
     HMCState,
     PyroKernel,
     dual_averaging_init,
 )
-from ..samplers.hmc import DualAveraging
 from ..traces import Potential
 from ..traces.particles import guess_max_plate_nesting
 
@@ -150,7 +150,8 @@ class MCMCGradient(ELBO):
         self._ready = False  # whether the sampler was set up in this process
         self.diagnostics: dict = {}
         self.samples: dict[str, torch.Tensor] = {}
-        self._reset_store()
+        #: the chains kept between calls (per datum under subsampled plates)
+        self.chains = ChainStore(num_chains)
 
     def __repr__(self) -> str:
         return (f"MCMCGradient(kernel={self.kernel!r}, num_samples={self.num_samples}, "
@@ -196,88 +197,6 @@ class MCMCGradient(ELBO):
             self.sampler = self._resolve_kernel(self.kernel, model)
         return Potential(model, args, kwargs, max_plate_nesting=self._max_plate_nesting)
 
-    # ------------------------------------------------------------------------ chain store
-    def _reset_store(self):
-        self._position: dict[str, torch.Tensor] = {}
-        self._inverse_mass: dict[str, torch.Tensor] = {}
-        self._visited: dict[str, torch.Tensor] = {}
-        self._step: torch.Tensor | None = None
-        self._adaptation: DualAveraging | None = None
-
-    def _allocate(self, potential, like):
-        """Full-size per-site storage: one value per chain and per datum of the full data."""
-        batched = potential.batched_plates
-        for site in potential.sites:
-            if batched and not {p for p, _, _ in site.subsampled} & batched:
-                raise ValueError(
-                    f"MCMCGradient: latent site {site.name!r} is outside the subsampled plate "
-                    f"{sorted(batched)}: its posterior depends on all the data, which a "
-                    "mini-batch does not give; make it a pyro.param or use full batches"
-                )
-            if len(site.subsampled) > 1:
-                raise ValueError(f"MCMCGradient: latent site {site.name!r} lies in more than "
-                                 "one subsampled plate; subsample one plate at a time")
-            if site.name in self._position:
-                continue
-            shape = [self.num_chains] + list(site.batched_shape[1:])
-            for plate, axis, full_size in site.subsampled:
-                shape[axis] = full_size
-                self._visited.setdefault(plate, torch.zeros(full_size, dtype=torch.bool,
-                                                            device=like.device))
-            self._position[site.name] = like.new_zeros(shape)
-            self._inverse_mass[site.name] = like.new_ones(shape)
-        self._visited.setdefault("", torch.zeros(1, dtype=torch.bool, device=like.device))
-
-    def _batch_indices(self, potential, plate):
-        return potential.subsample_indices[plate].to(self._visited[plate].device)
-
-    def _seen(self, potential, site) -> torch.Tensor:
-        """Per-datum (or global) flags of chains that already ran, in the batch's layout."""
-        if not site.subsampled:
-            return self._visited[""]
-        plate, axis, _ = site.subsampled[0]
-        seen = self._visited[plate][self._batch_indices(potential, plate)]
-        shape = [1] * len(site.batched_shape)
-        shape[axis] = -1
-        return seen.reshape(shape)
-
-    def _gather(self, store, potential, fresh=None):
-        """Flat ``(C, D)`` batch values from the full store, ``fresh`` filling unseen data."""
-        parts = []
-        for site in potential.sites:
-            value = store[site.name]
-            for plate, axis, _ in site.subsampled:
-                value = value.index_select(axis, self._batch_indices(potential, plate))
-            if fresh is not None:
-                new = fresh[:, site.offset:site.offset + site.numel].reshape(value.shape)
-                value = torch.where(self._seen(potential, site), value, new)
-            parts.append(value.reshape(self.num_chains, -1))
-        return torch.cat(parts, -1)
-
-    def _scatter(self, store, potential, flat):
-        for site in potential.sites:
-            full = store[site.name]
-            value = flat[:, site.offset:site.offset + site.numel]
-            if not site.subsampled:
-                store[site.name] = value.reshape(full.shape).clone()
-                continue
-            plate, axis, _ = site.subsampled[0]
-            index = self._batch_indices(potential, plate)
-            shape = list(full.shape)
-            shape[axis] = index.numel()
-            store[site.name] = full.index_copy(axis, index, value.reshape(shape))
-
-    def _mark_seen(self, potential):
-        self._visited[""].fill_(True)
-        for plate in {p for site in potential.sites for p, _, _ in site.subsampled}:
-            self._visited[plate][self._batch_indices(potential, plate)] = True
-
-    def _all_seen(self, potential) -> bool:
-        if not self._visited[""].all():
-            return False
-        return all(bool(self._visited[p][self._batch_indices(potential, p)].all())
-                   for p in {p for site in potential.sites for p, _, _ in site.subsampled})
-
     # --------------------------------------------------------------------------- sampling
     def advance(self, model, *args, **kwargs) -> tuple[Potential, torch.Tensor]:
         """Advance the chains for the model's current parameters and data, as a call of the
@@ -288,27 +207,29 @@ class MCMCGradient(ELBO):
         :param kwargs: its keyword arguments.
         """
         potential = self._setup(model, args, kwargs)
+        store = self.chains
         if not self.persistent:
-            self._reset_store()
+            store.reset()
             self._ready = False
         prior = potential.sample_prior(self.num_chains)
-        self._allocate(potential, prior)
-        warm = self._all_seen(potential)
-        position = self._gather(self._position, potential, fresh=prior)
+        store.allocate(potential, prior)
+        warm = store.all_seen(potential)
+        position = store.gather("position", potential, fresh=prior)
         sampler = self.sampler
+        pyro_kernel = isinstance(sampler, PyroKernel)
         if not self._ready:
             state = sampler.init(position, potential, self.warmup_steps)
             self._ready = True
-            warm = warm and not isinstance(sampler, PyroKernel)
-            if self._step is not None and not isinstance(sampler, PyroKernel):
-                state = state._replace(step_size=self._step, adaptation=self._adaptation,
-                                       inverse_mass=self._gather(self._inverse_mass, potential))
+            warm = warm and not pyro_kernel  # Pyro's kernels adapt again after a reload
+            if store.step_size is not None and not pyro_kernel:
+                state = state._replace(step_size=store.step_size, adaptation=store.adaptation,
+                                       inverse_mass=store.gather("inverse_mass", potential))
         else:
-            inverse_mass = self._gather(self._inverse_mass, potential)
             nan = position.new_full((self.num_chains,), math.nan)
-            state = sampler.refresh(HMCState(position, nan, torch.full_like(position, math.nan),
-                                             self._step, inverse_mass, self._adaptation),
-                                    potential)
+            state = HMCState(position, nan, torch.full_like(position, math.nan),
+                             store.step_size, store.gather("inverse_mass", potential),
+                             store.adaptation)
+            state = sampler.refresh(state, potential)
         if not warm and self.warmup_steps > 0:
             state = state._replace(adaptation=dual_averaging_init(state.step_size))
             state, _ = sampler.warmup(state, potential, self.warmup_steps)
@@ -318,10 +239,7 @@ class MCMCGradient(ELBO):
                 state, info = sampler.step(state, potential)
                 infos.append(info)
             kept.append(state.position)
-        self._scatter(self._position, potential, state.position)
-        self._scatter(self._inverse_mass, potential, state.inverse_mass)
-        self._step, self._adaptation = state.step_size, state.adaptation
-        self._mark_seen(potential)
+        store.save(potential, state)
         draws = torch.stack(kept, 1)  # (C, S, D)
         self.diagnostics = _diagnostics(infos, draws, state, warmed=not warm)
         samples = draws.reshape(-1, potential.dim)
@@ -393,23 +311,14 @@ class MCMCGradient(ELBO):
         """The chains (per datum under subsampling), step sizes, adaptation and which data
         have chains; tensors only, loadable with ``torch.load(weights_only=True)``. Pyro
         kernels' own adaptation is not included: after loading they warm up again."""
-        adaptation = None if self._adaptation is None else self._adaptation._asdict()
-        return {"position": dict(self._position), "inverse_mass": dict(self._inverse_mass),
-                "visited": dict(self._visited), "step_size": self._step,
-                "adaptation": adaptation, "max_plate_nesting": self._max_plate_nesting}
+        return {**self.chains.state_dict(), "max_plate_nesting": self._max_plate_nesting}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s chains.
 
         :param dict state: as :meth:`state_dict` returned it.
         """
-        self._reset_store()
-        self._position = dict(state["position"])
-        self._inverse_mass = dict(state["inverse_mass"])
-        self._visited = dict(state["visited"])
-        self._step = state["step_size"]
-        self._adaptation = None if state["adaptation"] is None \
-            else DualAveraging(**state["adaptation"])
+        self.chains.load_state_dict(state)
         self._max_plate_nesting = state["max_plate_nesting"]
         self._ready = False
 

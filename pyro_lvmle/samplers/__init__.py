@@ -1,7 +1,8 @@
 """Batched samplers: HMC, MALA and ULA as pure ``init``/``step`` functions on a NamedTuple
 state with a leading chain dimension, and their warm-up (dual averaging, diagonal mass);
-the sampler interface the gradients use (:class:`BatchedKernel`), and Pyro's own NUTS/HMC
-behind the same interface (:class:`PyroKernel`).
+the sampler interface the gradients use (:class:`BatchedKernel`), Pyro's own NUTS/HMC
+behind the same interface (:class:`PyroKernel`), and the per-datum store of persistent
+chains (:class:`ChainStore`).
 """
 
 from .hmc import (
@@ -18,11 +19,13 @@ from .hmc import (
 )
 from .kernels import BATCHED_STEPS, BatchedKernel
 from .pyro_kernel import PyroKernel
+from .store import ChainStore
 from .warmup import WarmupResult, warmup, warmup_windows
 
 __all__ = [
     "BATCHED_STEPS",
     "BatchedKernel",
+    "ChainStore",
     "DualAveraging",
     "HMCInfo",
     "HMCState",

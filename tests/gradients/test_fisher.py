@@ -290,3 +290,32 @@ def test_svi_updates_only_the_models_parameters():
     svi = pyro.infer.SVI(model, lv.empty_guide, pyro.optim.Adam({"lr": 0.1}), loss)
     svi.step(data)
     assert pyro.param("other").item() == 1.0
+
+
+def test_nested_plates_keep_per_datum_chains_and_globals_are_refused_with_mini_batches():
+    def model(x, subsample_size=None):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("dim", x.shape[1], dim=-1):
+            with pyro.plate("data", x.shape[0], subsample_size=subsample_size, dim=-2) as i:
+                z = pyro.sample("z", dist.Normal(loc, 1.0))
+                pyro.sample("x", dist.Normal(z, 0.5), obs=x[i])
+
+    x = torch.randn(10, 3)
+    loss = lv.MCMCGradient("mala", num_chains=2, warmup_steps=20)
+    loss.loss(model, lv.empty_guide, x)
+    before = loss.state_dict()["position"]["z"].clone()
+    potential, _ = loss.advance(model, x, subsample_size=4)
+    others = torch.ones(10, dtype=torch.bool)
+    others[potential.subsample_indices["data"]] = False
+    after = loss.state_dict()["position"]["z"]
+    assert after.shape == (2, 10, 3) and loss.diagnostics["warmup"] is False
+    assert torch.equal(after[:, others], before[:, others])
+
+    def with_global(x, subsample_size=None):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", len(x), subsample_size=subsample_size) as i:
+            pyro.sample("x", dist.Normal(pyro.sample("z", dist.Normal(0.0, scale)), 1.0),
+                        obs=x[i])
+
+    with pytest.raises(ValueError, match="'scale' is outside the subsampled plate"):
+        lv.MCMCGradient("mala").loss(with_global, lv.empty_guide, torch.randn(10), 4)

@@ -1,0 +1,163 @@
+"""Chains kept between calls, one per datum under subsampled plates.
+
+A persistent estimator (the MCMC gradient, stochastic-approximation EM, persistent
+contrastive divergence) moves its chains a few transitions per optimization step. When the
+latent sites live in a mini-batched :class:`~pyro.plate`, each step sees another batch, so the
+state is stored at full size (every datum's position and mass, per chain) and a step gathers
+its batch's rows and scatters them back: a datum outside the batch keeps its chain untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .hmc import DualAveraging, HMCState
+
+__all__ = ["ChainStore"]
+
+
+class ChainStore:
+    """Per-site, full-size storage of ``num_chains`` chains of a
+    :class:`~pyro_lvmle.traces.Potential`'s latent sites, with the step sizes and adaptation.
+
+    :param int num_chains: chains per datum.
+
+    Positions and inverse masses are kept per site in the potential's batched layout with the
+    chain dimension first and each plate at its full size; :attr:`step_size` and
+    :attr:`adaptation` are per chain. A datum whose chains never ran is *unseen*:
+    :meth:`gather` fills its rows with fresh values.
+    """
+
+    def __init__(self, num_chains: int):
+        self.num_chains = num_chains
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every chain."""
+        self.position: dict[str, torch.Tensor] = {}
+        self.inverse_mass: dict[str, torch.Tensor] = {}
+        self.visited: dict[str, torch.Tensor] = {}
+        self.step_size: torch.Tensor | None = None
+        self.adaptation: DualAveraging | None = None
+
+    def allocate(self, potential, like: torch.Tensor) -> None:
+        """Make room for the potential's sites (unseen, unit mass) if not done yet.
+
+        :param potential: the current :class:`~pyro_lvmle.traces.Potential`.
+        :param torch.Tensor like: gives the dtype and device.
+        :raises ValueError: for a latent site outside a strictly subsampled plate (its
+            posterior needs all the data), or in two subsampled plates.
+        """
+        batched = potential.batched_plates
+        for site in potential.sites:
+            if batched and not {p for p, _, _ in site.subsampled} & batched:
+                raise ValueError(
+                    f"latent site {site.name!r} is outside the subsampled plate "
+                    f"{sorted(batched)}: its posterior depends on all the data, which a "
+                    "mini-batch does not give; make it a pyro.param or use full batches"
+                )
+            if len({p for p, _, _ in site.subsampled} & batched) > 1:
+                raise ValueError(f"latent site {site.name!r} lies in more than one subsampled "
+                                 "plate; subsample one of its plates at a time")
+            if site.name in self.position:
+                continue
+            shape = [self.num_chains] + list(site.batched_shape[1:])
+            for plate, axis, full_size in site.subsampled:
+                shape[axis] = full_size
+                self.visited.setdefault(plate, torch.zeros(full_size, dtype=torch.bool,
+                                                           device=like.device))
+            self.position[site.name] = like.new_zeros(shape)
+            self.inverse_mass[site.name] = like.new_ones(shape)
+        self.visited.setdefault("", torch.zeros(1, dtype=torch.bool, device=like.device))
+
+    def all_seen(self, potential) -> bool:
+        """Whether every chain of the potential's batch has run before.
+
+        :param potential: the current potential.
+        """
+        if not self.visited[""].all():
+            return False
+        return all(bool(self.visited[p][self._indices(potential, p)].all())
+                   for p in _plates(potential))
+
+    def gather(self, which: str, potential, fresh: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch's flat ``(C, D)`` values of ``"position"`` or ``"inverse_mass"``.
+
+        :param str which: ``"position"`` or ``"inverse_mass"``.
+        :param potential: the current potential.
+        :param torch.Tensor fresh: ``(C, D)`` values for the rows of unseen data.
+        """
+        store = getattr(self, which)
+        parts = []
+        for site in potential.sites:
+            value = store[site.name]
+            for plate, axis, _ in site.subsampled:
+                value = value.index_select(axis, self._indices(potential, plate))
+            if fresh is not None:
+                new = fresh[:, site.offset:site.offset + site.numel].reshape(value.shape)
+                value = torch.where(self._seen(potential, site), value, new)
+            parts.append(value.reshape(self.num_chains, -1))
+        return torch.cat(parts, -1)
+
+    def save(self, potential, state: HMCState) -> None:
+        """Scatter the batch's positions and masses back, keep the step sizes and
+        adaptation, and mark the batch seen.
+
+        :param potential: the current potential.
+        :param HMCState state: the chains after this call's transitions.
+        """
+        for which, flat in (("position", state.position),
+                            ("inverse_mass", state.inverse_mass)):
+            store = getattr(self, which)
+            for site in potential.sites:
+                full = store[site.name]
+                value = flat[:, site.offset:site.offset + site.numel]
+                active = [(p, a) for p, a, _ in site.subsampled if p in potential.batched_plates]
+                if not active:  # the batch covers every datum
+                    store[site.name] = value.reshape(full.shape).clone()
+                    continue
+                ((plate, axis),) = active
+                index = self._indices(potential, plate)
+                shape = list(full.shape)
+                shape[axis] = index.numel()
+                store[site.name] = full.index_copy(axis, index, value.reshape(shape))
+        self.step_size, self.adaptation = state.step_size, state.adaptation
+        self.visited[""].fill_(True)
+        for plate in _plates(potential):
+            self.visited[plate][self._indices(potential, plate)] = True
+
+    def state_dict(self) -> dict:
+        """Tensors only (loadable with ``torch.load(weights_only=True)``)."""
+        adaptation = None if self.adaptation is None else self.adaptation._asdict()
+        return {"position": dict(self.position), "inverse_mass": dict(self.inverse_mass),
+                "visited": dict(self.visited), "step_size": self.step_size,
+                "adaptation": adaptation}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s chains.
+
+        :param dict state: as :meth:`state_dict` returned it.
+        """
+        self.reset()
+        self.position = dict(state["position"])
+        self.inverse_mass = dict(state["inverse_mass"])
+        self.visited = dict(state["visited"])
+        self.step_size = state["step_size"]
+        self.adaptation = None if state["adaptation"] is None \
+            else DualAveraging(**state["adaptation"])
+
+    def _indices(self, potential, plate):
+        return potential.subsample_indices[plate].to(self.visited[plate].device)
+
+    def _seen(self, potential, site) -> torch.Tensor:
+        """Flags of chains that already ran, broadcastable to the site's batch values."""
+        seen = self.visited[""]
+        for plate, axis, _ in site.subsampled:
+            shape = [1] * len(site.batched_shape)
+            shape[axis] = -1
+            seen = seen & self.visited[plate][self._indices(potential, plate)].reshape(shape)
+        return seen
+
+
+def _plates(potential):
+    return {plate for site in potential.sites for plate, _, _ in site.subsampled}
