@@ -8,6 +8,7 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import models
+from .em import MCEM, SAEM, ExactEM, History, VariationalEM
 from .gradients import (
     MCMCGradient,
     ObservedInformation,
@@ -33,16 +34,21 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "ExactEM",
     "GradientCheck",
+    "History",
+    "MCEM",
     "MCMCGradient",
     "ObservedInformation",
     "ParticleObjective",
     "PriorGuide",
+    "SAEM",
     "TraceIWAE_ELBO",
     "TraceRWS_ELBO",
     "TraceRenyi_ELBO",
     "TraceSTL_ELBO",
     "TraceTVO_ELBO",
+    "VariationalEM",
     "__version__",
     "check_gradient",
     "empty_guide",

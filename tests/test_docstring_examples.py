@@ -23,6 +23,13 @@ MODULES = [
     "pyro_lvmle.samplers.pyro_kernel",
     "pyro_lvmle.gradients.fisher",
     "pyro_lvmle.gradients.information",
+    "pyro_lvmle.traces.enum",
+    "pyro_lvmle.em.history",
+    "pyro_lvmle.em.schedules",
+    "pyro_lvmle.em.mcem",
+    "pyro_lvmle.em.saem",
+    "pyro_lvmle.em.variational",
+    "pyro_lvmle.em.exact",
 ]
 
 

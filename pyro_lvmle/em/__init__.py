@@ -1,5 +1,17 @@
 """EM-style drivers (MCEM, SAEM, variational EM, exact EM), their shared protocol and
-``History``. Filled by the EM issue.
+:class:`History`.
+
+Every driver has ``step(*args, **kwargs) -> dict`` (like ``SVI.step``), ``run(*args,
+num_steps=..., progress=True, callback=None, **kwargs) -> History``, and an exact
+``state_dict()`` / ``load_state_dict()``.
 """
 
-__all__: list[str] = []
+from .driver import Driver
+from .exact import ExactEM
+from .history import History
+from .mcem import MCEM
+from .saem import SAEM
+from .variational import VariationalEM
+from .schedules import saem_step_size
+
+__all__ = ["Driver", "ExactEM", "History", "MCEM", "SAEM", "VariationalEM", "saem_step_size"]

@@ -187,7 +187,7 @@ class MCMCGradient(ELBO):
                         f"function or a sampler, got {type(kernel).__name__}")
 
     def _setup(self, model, args, kwargs) -> Potential:
-        if self._model is not None and model is not self._model:
+        if self._model is not None and model != self._model:  # bound methods: ==
             raise ValueError("MCMCGradient: these chains belong to another model; use one "
                              "MCMCGradient per model")
         self._model = model

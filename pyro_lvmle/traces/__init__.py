@@ -6,11 +6,13 @@ log-weight components every objective needs, with plate and subsampling bookkeep
 """
 
 from .particles import PARTICLE_PLATE, ParticleTerms, guess_max_plate_nesting, particle_terms
+from .enum import EnumeratedPosterior
 from .potential import CHAIN_PLATE, LatentSite, Potential
 from .prior_guide import PriorGuide
 
 __all__ = [
     "CHAIN_PLATE",
+    "EnumeratedPosterior",
     "LatentSite",
     "PARTICLE_PLATE",
     "Potential",

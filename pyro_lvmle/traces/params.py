@@ -5,7 +5,13 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 
-__all__ = ["call_with_params", "enumerated_log_marginal", "has_only_enumerable_latents"]
+__all__ = [
+    "assign_params",
+    "call_with_params",
+    "enumerated_log_marginal",
+    "has_only_enumerable_latents",
+    "program_params",
+]
 
 
 def call_with_params(fn, *args, **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
@@ -20,6 +26,45 @@ def call_with_params(fn, *args, **kwargs) -> tuple[object, dict[str, torch.Tenso
         result = fn(*args, **kwargs)
     params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
     return result, params
+
+
+def program_params(fn, *args, **kwargs) -> dict[str, torch.Tensor]:
+    """The parameters a Pyro program (a model or a guide) creates or reads, by name: runs it
+    once on the arguments, its sample sites hidden from outer handlers.
+
+    :param fn: the model or guide.
+    :returns: ``{name: unconstrained leaf}`` in the order the program reads them.
+    """
+    return call_with_params(poutine.block(fn, hide_types=["sample"]), *args, **kwargs)[1]
+
+
+def assign_params(values: dict[str, torch.Tensor]) -> None:
+    """Set parameters of Pyro's param store to constrained values, in place (optimizers
+    holding the leaves keep them).
+
+    :param dict values: ``{name: constrained value}`` of existing parameters.
+    :raises ValueError: for a name not in the store, a shape that differs, or a value outside
+        the parameter's constraint.
+    """
+    import pyro
+    from torch.distributions import transform_to
+
+    store = pyro.get_param_store()
+    for name, value in values.items():
+        if name not in store:
+            raise ValueError(f"no parameter {name!r} in Pyro's param store; run the model "
+                             "once first")
+        leaf = dict(store.named_parameters())[name]
+        constraint = store._constraints[name]
+        value = torch.as_tensor(value, dtype=leaf.dtype, device=leaf.device)
+        if value.shape != store[name].shape:
+            raise ValueError(f"parameter {name!r} has shape {tuple(store[name].shape)}, got a "
+                             f"value of shape {tuple(value.shape)}")
+        if not bool(constraint.check(value).all()):
+            raise ValueError(f"the value given to parameter {name!r} is outside its "
+                             f"constraint {constraint}")
+        with torch.no_grad():
+            leaf.copy_(transform_to(constraint).inv(value))
 
 
 def enumerated_log_marginal(model, *args, max_plate_nesting: int = 1, **kwargs) -> torch.Tensor:

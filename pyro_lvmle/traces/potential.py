@@ -199,8 +199,14 @@ class Potential:
 
         Under a subsampled plate the energy leaves out the plate's ``N/B`` factor, so that
         each datum's latent is sampled from its own posterior (:meth:`log_joint` keeps the
-        factor: its gradient is an unbiased estimate of the full-data one)."""
-        return self._energy(position, jacobian=True)
+        factor: its gradient is an unbiased estimate of the full-data one).
+
+        Distribution arguments are not validated here: samplers evaluate trial points far
+        out (a leapfrog step too long), where a model may produce ``nan``; such a point gets a
+        non-finite energy, which the samplers treat as a divergence and reject, instead of
+        raising. The model was validated on the potential's first run."""
+        with pyro.validation_enabled(False):
+            return self._energy(position, jacobian=True)
 
     def value_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:math:`U(q)` and :math:`\\nabla_q U(q)` per chain, by one model run and one

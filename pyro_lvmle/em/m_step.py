@@ -1,0 +1,85 @@
+"""The M-step every driver shares: maximize an objective over the model's parameters."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pyro.optim import PyroOptim
+
+__all__ = ["check_m_step", "maximize"]
+
+
+def check_m_step(m_step, m_steps, where: str) -> None:
+    """Validate a driver's ``m_step`` (``"lbfgs"`` or a ``pyro.optim`` optimizer) and
+    ``m_steps`` arguments.
+
+    :param m_step: the optimizer choice.
+    :param int m_steps: L-BFGS iterations or optimizer steps per M-step.
+    :param str where: the driver's name, for messages.
+    """
+    if not (m_step == "lbfgs" or isinstance(m_step, PyroOptim)):
+        raise TypeError(f"{where}: m_step must be 'lbfgs' or a pyro.optim optimizer such as "
+                        f"pyro.optim.Adam({{'lr': 0.01}}), got {m_step!r}")
+    if not isinstance(m_steps, int) or isinstance(m_steps, bool) or m_steps < 1:
+        raise ValueError(f"{where}: m_steps must be an int >= 1, got {m_steps!r}")
+
+
+def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,
+             m_steps: int = 100, tol: float = 1e-9, where: str = "M-step") -> int:
+    """Maximize ``objective()`` over the unconstrained parameter leaves, in place.
+
+    With ``"lbfgs"``, :class:`torch.optim.LBFGS` with a strong-Wolfe line search (monotone:
+    the objective never decreases) for up to ``m_steps`` iterations, stopping when the
+    gradient's largest entry is below ``tol``; trial points where the objective is not finite
+    are rejected by the line search. With a ``pyro.optim`` optimizer, ``m_steps`` of its steps.
+
+    :param objective: a callable returning a scalar tensor, differentiable in the leaves.
+    :param dict params: ``{name: unconstrained leaf}``.
+    :param m_step: ``"lbfgs"`` or a ``pyro.optim.PyroOptim``.
+    :param int m_steps: iterations.
+    :param float tol: L-BFGS's gradient tolerance.
+    :param str where: named in errors.
+    :returns: the number of objective evaluations.
+    :raises ValueError: if the objective or its gradient is not finite at the start.
+    """
+    leaves = list(params.values())
+    evals = [0]
+
+    def loss_and_grad():
+        for leaf in leaves:
+            leaf.grad = None
+        with torch.enable_grad():
+            loss = -objective()
+            first = evals[0] == 0
+            evals[0] += 1
+            if not torch.isfinite(loss):
+                if first:
+                    raise ValueError(f"{where}: the objective is not finite at the current "
+                                     "parameters; check their values and the data")
+                return loss.detach().new_tensor(math.inf)  # a trial point the search rejects
+            loss.backward()
+        for name, leaf in params.items():
+            if leaf.grad is None:
+                leaf.grad = torch.zeros_like(leaf)
+            elif not torch.isfinite(leaf.grad).all():
+                if first:
+                    raise ValueError(f"{where}: the gradient of parameter {name!r} is not "
+                                     "finite")
+                leaf.grad = torch.zeros_like(leaf)
+                return loss.detach().new_tensor(math.inf)
+        return loss.detach()
+
+    if m_step == "lbfgs":
+        optim = torch.optim.LBFGS(leaves, lr=1.0, max_iter=m_steps, tolerance_grad=tol,
+                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
+        optim.step(loss_and_grad)
+    else:
+        for _ in range(m_steps):
+            if not torch.isfinite(loss_and_grad()):
+                raise ValueError(f"{where}: the objective became non-finite; lower the "
+                                 "optimizer's learning rate")
+            m_step(leaves)
+    for leaf in leaves:
+        leaf.grad = None
+    return evals[0]

@@ -1,0 +1,180 @@
+r"""Stochastic-approximation EM (Delyon, Lavielle & Moulines 1999) with MCMC draws (Kuhn &
+Lavielle 2004).
+
+Iteration :math:`k` moves the persistent chains a few transitions with the current
+parameters, giving draws :math:`z_k` (one per chain), and updates a stochastic approximation
+of the Q-function, then maximizes it:
+
+.. math::
+
+    \hat Q_k(\theta) = \hat Q_{k-1}(\theta)
+        + \gamma_k \big(\log p(x, z_k; \theta) - \hat Q_{k-1}(\theta)\big), \qquad
+    \theta_{k+1} = \arg\max_\theta \hat Q_k(\theta).
+
+Generic form: :math:`\hat Q_k` is kept as the weighted sum of the log joints of every past
+draw whose weight :math:`\gamma_j \prod_{i > j} (1 - \gamma_i)` is not negligible, and
+maximized by L-BFGS warm-started at :math:`\theta_k`. Fast path, for a complete-data
+likelihood in the exponential family: the user gives the sufficient statistics
+:math:`S(z)` and the closed-form maximizer; the driver keeps
+:math:`s_k = s_{k-1} + \gamma_k (S(z_k) - s_{k-1})` and sets
+:math:`\theta_{k+1} = \hat\theta(s_k)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..gradients import MCMCGradient
+from .driver import Driver
+from .m_step import maximize
+from .schedules import saem_step_size
+
+__all__ = ["SAEM"]
+
+
+class SAEM(Driver):
+    r"""Stochastic-approximation EM for any Pyro model with continuous (or enumerable)
+    latent sites, with an optional closed-form fast path.
+
+    :param model: the Pyro model.
+    :param kernel: the sampler, as for :class:`~pyro_lvmle.MCMCGradient` (``"hmc"``,
+        ``"mala"``, ``"nuts"``, a Pyro kernel, a step function or a sampler).
+    :param int burn_in: iterations with :math:`\gamma = 1` (saemix's :math:`K_1`).
+    :param step_size: the decay exponent :math:`\alpha \in (\tfrac12, 1]` of
+        :math:`\gamma_k = (k - K_1)^{-\alpha}` after the burn-in, or any callable
+        ``iteration -> gamma`` (see :class:`~pyro_lvmle.em.saem_step_size`).
+    :param int num_chains: chains, each a full set of latents (several draws per datum and
+        iteration).
+    :param int num_transitions: sampler transitions per iteration.
+    :param int warmup_steps: adapting transitions when the chains start.
+    :param statistics: fast path: ``statistics(samples, *args, **kwargs) -> dict`` of
+        sufficient statistics with a leading dimension over the draws (``samples`` maps each
+        latent site to its draws ``(num_chains, *site shape)``; the parameters in Pyro's
+        store are the current ones). Needs ``m_step``.
+    :param m_step: fast path: ``m_step(stats, *args, **kwargs) -> {param name: constrained
+        value}``, the maximizer of the complete-data likelihood given averaged statistics.
+    :param int m_steps: L-BFGS iterations of the generic M-step.
+    :param anneal: names of variance parameters to anneal (simulated annealing, as saemix and
+        Monolix do): during the first ``anneal_steps`` iterations, a new value may shrink to
+        no less than ``anneal_rate`` times the previous one; this keeps the chains exploring
+        while the estimates are still far off.
+    :param float anneal_rate: the shrinkage bound (0.95 by default; saemix uses 0.95-0.97).
+    :param int anneal_steps: iterations with annealing; defaults to ``burn_in``.
+    :param float min_weight: generic form: draws whose weight falls below this are dropped.
+    :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`.
+    :param record_params: see :class:`~pyro_lvmle.em.Driver`.
+
+    Metrics per step: ``gamma``, ``log_joint`` (mean :math:`\log p(x, z_k; \theta_k)` of the
+    new draws), ``accept_prob``, ``memory`` (draws in :math:`\hat Q_k`, generic form).
+
+    References:
+
+    [1] Delyon, Lavielle & Moulines (1999), "Convergence of a stochastic approximation version
+    of the EM algorithm", Annals of Statistics 27(1).
+
+    [2] Kuhn & Lavielle (2004), "Coupling a stochastic approximation version of EM with an
+    MCMC procedure", ESAIM: Probability and Statistics 8.
+
+    [3] Comets, Lavenu & Lavielle (2017), "Parameter estimation in nonlinear mixed effect
+    models using saemix, an R implementation of the SAEM algorithm", J. Stat. Softw. 80(3).
+
+    Example::
+
+        >>> import torch, pyro_lvmle as lv
+        >>> model = lv.models.LinearGaussian(dim=2)
+        >>> data = model.simulate(40, params={"w": torch.tensor([1.0, -1.0])})
+        >>> saem = lv.SAEM(model, "hmc", burn_in=5, num_chains=4, warmup_steps=50)
+        >>> history = saem.run(data, num_steps=10, progress=False)
+        >>> history["gamma"][-1]
+        0.2
+    """
+
+    progress_metric = "log_joint"
+
+    def __init__(self, model, kernel="hmc", *, burn_in: int = 100, step_size=1.0,
+                 num_chains: int = 4, num_transitions: int = 1, warmup_steps: int = 200,
+                 statistics=None, m_step=None, m_steps: int = 20, anneal=(),
+                 anneal_rate: float = 0.95, anneal_steps: int | None = None,
+                 min_weight: float = 1e-8, kernel_options: dict | None = None,
+                 record_params=True):
+        super().__init__(model, record_params=record_params)
+        if callable(step_size):
+            self.step_size = step_size
+        elif isinstance(step_size, (int, float)) and not isinstance(step_size, bool):
+            self.step_size = saem_step_size(burn_in, float(step_size))
+        else:
+            raise TypeError(f"SAEM: step_size must be an exponent in (0.5, 1] or a callable "
+                            f"iteration -> gamma, got {step_size!r}")
+        if (statistics is None) != (m_step is None):
+            raise ValueError("SAEM: the fast path needs both statistics and m_step (or "
+                             "neither, for the generic form)")
+        if not isinstance(m_steps, int) or isinstance(m_steps, bool) or m_steps < 1:
+            raise ValueError(f"SAEM: m_steps must be an int >= 1, got {m_steps!r}")
+        if not 0 < anneal_rate < 1:
+            raise ValueError(f"SAEM: anneal_rate must be in (0, 1), got {anneal_rate!r}")
+        if isinstance(anneal, str):
+            anneal = (anneal,)
+        self.sampler = MCMCGradient(kernel, 1, warmup_steps, num_chains,
+                                    thinning=num_transitions, **(kernel_options or {}))
+        self.burn_in = burn_in
+        self.statistics, self.closed_form = statistics, m_step
+        self.m_steps = m_steps
+        self.anneal, self.anneal_rate = tuple(anneal), float(anneal_rate)
+        self.anneal_steps = burn_in if anneal_steps is None else anneal_steps
+        self.min_weight = float(min_weight)
+        self._stats: dict[str, torch.Tensor] | None = None
+        self._memory: torch.Tensor | None = None  # (rows, D) draws in Q_k
+        self._weights: torch.Tensor | None = None  # (rows,) their weights, summing to 1
+
+    def _step(self, args, kwargs):
+        params = self.model_params(*args, **kwargs)
+        unknown = [n for n in self.anneal if n not in params]
+        if unknown:
+            raise ValueError(f"SAEM: anneal names {unknown} are not parameters of the model "
+                             f"({list(params)})")
+        gamma = float(self.step_size(self.iteration + 1))
+        if not 0 < gamma <= 1:
+            raise ValueError(f"SAEM: step_size gave gamma = {gamma} at iteration "
+                             f"{self.iteration + 1}; it must be in (0, 1]")
+        potential, draws = self.sampler.advance(self.model, *args, **kwargs)
+        if potential.batched_plates:
+            raise ValueError("SAEM: the model subsampled a plate; SAEM needs every datum in "
+                             "each iteration (drop subsample_size)")
+        with torch.no_grad():
+            log_joint = potential.log_joint(draws).mean().item()
+        before = self.constrained_params()
+        if self.statistics is not None:
+            new = self.statistics(dict(self.sampler.samples), *args, **kwargs)
+            new = {k: v.mean(0) for k, v in new.items()}
+            self._stats = new if self._stats is None else \
+                {k: s + gamma * (new[k] - s) for k, s in self._stats.items()}
+            values = self.closed_form(dict(self._stats), *args, **kwargs)
+            self.set_params(values)
+            memory = 0
+        else:
+            weights = draws.new_full((draws.shape[0],), gamma / draws.shape[0])
+            if self._memory is None or gamma == 1.0:
+                self._memory, self._weights = draws, weights
+            else:
+                keep = self._weights * (1 - gamma) >= self.min_weight
+                self._memory = torch.cat([self._memory[keep], draws])
+                self._weights = torch.cat([self._weights[keep] * (1 - gamma), weights])
+            memory, weights = self._memory, self._weights
+            maximize(lambda: (weights * potential.log_joint(memory)).sum(), params, "lbfgs",
+                     m_steps=self.m_steps, where="SAEM M-step")
+            memory = len(memory)
+        if self.anneal and self.iteration < self.anneal_steps:
+            now = self.constrained_params()
+            self.set_params({n: torch.maximum(now[n], self.anneal_rate * before[n])
+                             for n in self.anneal})
+        return {"gamma": gamma, "log_joint": log_joint,
+                "accept_prob": self.sampler.diagnostics["accept_prob"], "memory": memory}
+
+    def _extra_state(self) -> dict:
+        return {"chains": self.sampler.state_dict(), "stats": self._stats,
+                "memory": self._memory, "weights": self._weights}
+
+    def _load_extra_state(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["chains"])
+        self._stats, self._memory, self._weights = (state["stats"], state["memory"],
+                                                    state["weights"])

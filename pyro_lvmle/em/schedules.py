@@ -1,0 +1,43 @@
+"""Step-size schedules of stochastic approximation: plain callables ``iteration -> gamma``."""
+
+from __future__ import annotations
+
+__all__ = ["saem_step_size"]
+
+
+class saem_step_size:  # noqa: N801 -- a schedule is used like a function, as optax's are
+    r"""SAEM's step sizes: :math:`\gamma_k = 1` for the ``burn_in`` first iterations, then
+    :math:`\gamma_k = (k - K_1)^{-\alpha}`, :math:`\tfrac12 < \alpha \le 1`.
+
+    The burn-in forgets the starting point fast (each iteration's draws replace the past);
+    the decreasing steps average the Monte Carlo noise away. The conditions
+    :math:`\sum \gamma_k = \infty`, :math:`\sum \gamma_k^2 < \infty` give convergence
+    (Delyon, Lavielle & Moulines 1999); :math:`\alpha = 1` weighs every draw after the burn-in
+    equally, as saemix's second phase does.
+
+    :param int burn_in: :math:`K_1`, iterations with :math:`\gamma = 1`.
+    :param float alpha: the decay exponent.
+
+    Example::
+
+        >>> from pyro_lvmle.em import saem_step_size
+        >>> schedule = saem_step_size(burn_in=2, alpha=1.0)
+        >>> [schedule(k) for k in range(1, 6)]
+        [1.0, 1.0, 1.0, 0.5, 0.3333333333333333]
+    """
+
+    def __init__(self, burn_in: int = 100, alpha: float = 1.0):
+        if not isinstance(burn_in, int) or isinstance(burn_in, bool) or burn_in < 0:
+            raise ValueError(f"saem_step_size: burn_in must be an int >= 0, got {burn_in!r}")
+        if not 0.5 < alpha <= 1.0:
+            raise ValueError(f"saem_step_size: alpha must be in (0.5, 1], got {alpha!r}")
+        self.burn_in, self.alpha = burn_in, float(alpha)
+
+    def __repr__(self) -> str:
+        return f"saem_step_size(burn_in={self.burn_in}, alpha={self.alpha})"
+
+    def __call__(self, iteration: int) -> float:
+        """:math:`\\gamma_k` for iteration ``k`` (1-based)."""
+        if iteration <= self.burn_in:
+            return 1.0
+        return float((iteration - self.burn_in) ** -self.alpha)
