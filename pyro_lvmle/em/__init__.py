@@ -11,7 +11,7 @@ from .exact import ExactEM
 from .history import History
 from .mcem import MCEM
 from .saem import SAEM
-from .variational import VariationalEM
 from .schedules import saem_step_size
+from .variational import VariationalEM
 
 __all__ = ["Driver", "ExactEM", "History", "MCEM", "SAEM", "VariationalEM", "saem_step_size"]

@@ -23,6 +23,7 @@ size of the chains), the rule is:
 from __future__ import annotations
 
 import math
+from functools import partial
 from statistics import NormalDist
 
 import torch
@@ -131,7 +132,7 @@ class MCEM(Driver):
             flat = draws.reshape(-1, draws.shape[-1])
             with torch.no_grad():
                 before = potential.log_joint(flat)
-            maximize(lambda flat=flat: potential.log_joint(flat).mean(), params, self.m_step,
+            maximize(partial(_mean_log_joint, potential, flat), params, self.m_step,
                      m_steps=self.m_steps, where="MCEM M-step")
             with torch.no_grad():
                 after = potential.log_joint(flat)
@@ -169,6 +170,10 @@ class MCEM(Driver):
         self.sampler.load_state_dict(state["chains"])
         if "optim" in state:
             self.m_step.set_state(state["optim"])
+
+
+def _mean_log_joint(potential, flat):
+    return potential.log_joint(flat).mean()
 
 
 def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float, float]:

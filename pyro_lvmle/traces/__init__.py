@@ -5,8 +5,8 @@ log-weight components every objective needs, with plate and subsampling bookkeep
 :class:`PriorGuide` turns a model into the guide that samples its prior.
 """
 
-from .particles import PARTICLE_PLATE, ParticleTerms, guess_max_plate_nesting, particle_terms
 from .enum import EnumeratedPosterior
+from .particles import PARTICLE_PLATE, ParticleTerms, guess_max_plate_nesting, particle_terms
 from .potential import CHAIN_PLATE, LatentSite, Potential
 from .prior_guide import PriorGuide
 
