@@ -17,7 +17,7 @@ from pyro.optim import PyroOptim
 
 from ..traces import EnumeratedPosterior, guess_max_plate_nesting
 from .driver import Driver
-from .m_step import check_m_step, maximize
+from .m_step import check_m_step, load_optim_state, maximize
 
 __all__ = ["ExactEM"]
 
@@ -102,7 +102,7 @@ class ExactEM(Driver):
                      where="ExactEM M-step")
         self._posterior = None
         after = self.posterior(*args, **kwargs).log_marginal.item()
-        self.converged = after - before < self.tol
+        self.converged = abs(after - before) < self.tol
         return {"log_likelihood": after, "increase": after - before}
 
     def _extra_state(self) -> dict:
@@ -115,4 +115,4 @@ class ExactEM(Driver):
         self.max_plate_nesting = state["max_plate_nesting"]
         self._posterior = None
         if "optim" in state:
-            self.m_step.set_state(state["optim"])
+            load_optim_state(self.m_step, state["optim"])

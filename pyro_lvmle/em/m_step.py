@@ -7,7 +7,7 @@ import math
 import torch
 from pyro.optim import PyroOptim
 
-__all__ = ["check_m_step", "maximize"]
+__all__ = ["check_m_step", "load_optim_state", "maximize"]
 
 
 def check_m_step(m_step, m_steps, where: str) -> None:
@@ -23,6 +23,18 @@ def check_m_step(m_step, m_steps, where: str) -> None:
                         f"pyro.optim.Adam({{'lr': 0.01}}), got {m_step!r}")
     if not isinstance(m_steps, int) or isinstance(m_steps, bool) or m_steps < 1:
         raise ValueError(f"{where}: m_steps must be an int >= 1, got {m_steps!r}")
+
+
+def load_optim_state(optim: PyroOptim, state: dict) -> None:
+    """Restore a ``pyro.optim`` optimizer's ``get_state()``, also for parameters it already
+    optimizes (``set_state`` alone only reaches parameters it has not seen yet).
+
+    :param optim: the optimizer.
+    :param dict state: as ``optim.get_state()`` returned it.
+    """
+    optim.optim_objs.clear()
+    optim.grad_clip.clear()
+    optim.set_state(state)
 
 
 def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,

@@ -30,7 +30,7 @@ import torch
 
 from ..gradients import MCMCGradient
 from .driver import Driver
-from .m_step import check_m_step, maximize
+from .m_step import check_m_step, load_optim_state, maximize
 
 __all__ = ["MCEM"]
 
@@ -169,7 +169,7 @@ class MCEM(Driver):
         self.num_samples = int(state["num_samples"])
         self.sampler.load_state_dict(state["chains"])
         if "optim" in state:
-            self.m_step.set_state(state["optim"])
+            load_optim_state(self.m_step, state["optim"])
 
 
 def _mean_log_joint(potential, flat):

@@ -15,6 +15,7 @@ from pyro.optim import PyroOptim
 
 from ..traces.params import call_with_params, program_params
 from .driver import Driver
+from .m_step import load_optim_state
 
 __all__ = ["VariationalEM"]
 
@@ -132,6 +133,6 @@ class VariationalEM(Driver):
         return state
 
     def _load_extra_state(self, state: dict) -> None:
-        self.optim.set_state(state["optim"])
+        load_optim_state(self.optim, state["optim"])
         if "m_optim" in state:
-            self.m_optim.set_state(state["m_optim"])
+            load_optim_state(self.m_optim, state["m_optim"])

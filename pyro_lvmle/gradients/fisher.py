@@ -38,6 +38,7 @@ from ..samplers import (
     dual_averaging_init,
 )
 from ..traces import Potential
+from ..traces.params import _cuda_devices
 from ..traces.particles import guess_max_plate_nesting
 
 __all__ = ["MCMCGradient", "empty_guide"]
@@ -218,12 +219,20 @@ class MCMCGradient(ELBO):
         sampler = self.sampler
         pyro_kernel = isinstance(sampler, PyroKernel)
         if not self._ready:
-            state = sampler.init(position, potential, self.warmup_steps)
+            restored = store.step_size is not None and warm  # loaded from a state_dict
+            if restored:  # Pyro's set-up looks for a step size with random draws: not now
+                with torch.random.fork_rng(devices=_cuda_devices()):
+                    state = sampler.init(position, potential, 0)
+            else:
+                state = sampler.init(position, potential, self.warmup_steps)
             self._ready = True
-            warm = warm and not pyro_kernel  # Pyro's kernels adapt again after a reload
-            if store.step_size is not None and not pyro_kernel:
+            if restored:
                 state = state._replace(step_size=store.step_size, adaptation=store.adaptation,
                                        inverse_mass=store.gather("inverse_mass", potential))
+                if pyro_kernel and not sampler.restore(state, potential):
+                    # a dense mass is not in the state: set up again and re-adapt
+                    state = sampler.init(position, potential, self.warmup_steps)
+                    warm = False
         else:
             nan = position.new_full((self.num_chains,), math.nan)
             state = HMCState(position, nan, torch.full_like(position, math.nan),
@@ -310,7 +319,8 @@ class MCMCGradient(ELBO):
     def state_dict(self) -> dict:
         """The chains (per datum under subsampling), step sizes, adaptation and which data
         have chains; tensors only, loadable with ``torch.load(weights_only=True)``. Pyro
-        kernels' own adaptation is not included: after loading they warm up again."""
+        kernels' step sizes and diagonal masses are included (a dense mass is not: such a
+        kernel warms up again after loading)."""
         return {**self.chains.state_dict(), "max_plate_nesting": self._max_plate_nesting}
 
     def load_state_dict(self, state: dict) -> None:

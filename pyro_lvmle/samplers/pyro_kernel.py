@@ -91,6 +91,32 @@ class PyroKernel:
         self._args = (potential.args, potential.kwargs)
         return self._state(position, potential)
 
+    def restore(self, state: HMCState, potential) -> bool:
+        """Give each (set-up) kernel the step size and diagonal inverse mass of ``state``, as
+        a saved state recorded them after warm-up, so that a reloaded run continues without
+        adapting again.
+
+        :param HMCState state: per-chain ``step_size`` ``(C,)`` and ``inverse_mass``
+            ``(C, D)``.
+        :param potential: the target (gives the sites' layout).
+        :returns: ``False`` (and nothing changed) when a kernel uses a dense mass block, which
+            the state does not hold.
+        """
+        self._check_ready()
+        if any(m.dim() != 1 for k in self.kernels for m in k.inverse_mass_matrix.values()):
+            return False
+        offsets = {site.name: site for site in potential.sites}
+        for kernel, step_size, diagonal in zip(self.kernels, state.step_size,
+                                               state.inverse_mass, strict=True):
+            kernel._adapter.step_size = float(step_size)
+            blocks = {}
+            for names in kernel.inverse_mass_matrix:
+                blocks[names] = torch.cat([
+                    diagonal[offsets[n].offset:offsets[n].offset + offsets[n].numel]
+                    for n in names])
+            kernel.mass_matrix_adapter.inverse_mass_matrix = blocks
+        return True
+
     def refresh(self, state: HMCState, potential) -> HMCState:
         """Forget each kernel's cached energy (recomputed under the current parameters by the
         next transition), and rebuild its potential if the data changed.

@@ -30,12 +30,21 @@ def call_with_params(fn, *args, **kwargs) -> tuple[object, dict[str, torch.Tenso
 
 def program_params(fn, *args, **kwargs) -> dict[str, torch.Tensor]:
     """The parameters a Pyro program (a model or a guide) creates or reads, by name: runs it
-    once on the arguments, its sample sites hidden from outer handlers.
+    once on the arguments, its sample sites hidden from outer handlers, and leaves torch's
+    random number generators as they were.
 
     :param fn: the model or guide.
     :returns: ``{name: unconstrained leaf}`` in the order the program reads them.
     """
-    return call_with_params(poutine.block(fn, hide_types=["sample"]), *args, **kwargs)[1]
+    devices = _cuda_devices()
+    with torch.random.fork_rng(devices=devices):  # leave the RNG as it was: resumable runs
+        return call_with_params(poutine.block(fn, hide_types=["sample"]), *args, **kwargs)[1]
+
+
+def _cuda_devices() -> list[int]:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return list(range(torch.cuda.device_count()))
+    return []
 
 
 def assign_params(values: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,192 @@
+"""The driver protocol, for every driver: History, exact resume from a saved state_dict, an
+interruption mid-step keeps the completed steps and the driver resumable, bad input."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+
+import pyro_lvmle as lv
+from pyro_lvmle.em import History
+
+
+def _gmm():
+    model = lv.models.GaussianMixture(num_components=2, data_dim=2)
+    truth = {"locs": torch.tensor([[1.0, 1.0], [-1.0, 0.0]]), "weights": torch.tensor([0.3, 0.7])}
+    return model, model.simulate(60, params=truth)
+
+
+def _linear():
+    model = lv.models.LinearGaussian(dim=3)
+    return model, model.simulate(30, params={"w": torch.tensor([1.0, -0.5, 2.0])})
+
+
+def make(name, model):
+    """A driver of each kind, small enough to run a few steps quickly."""
+    if name == "mcem":
+        return lv.MCEM(model, "hmc", num_samples=4, num_chains=3, warmup_steps=20, m_steps=20)
+    if name == "mcem_nuts":
+        return lv.MCEM(model, "nuts", num_samples=4, num_chains=2, warmup_steps=20, m_steps=20)
+    if name == "saem":
+        return lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=20, m_steps=10)
+    if name == "vem":
+        return lv.VariationalEM(model, AutoNormal(model), e_steps=3, m_steps=2)
+    if name == "exact_adam":
+        return lv.ExactEM(model, pyro.optim.Adam({"lr": 0.05}), m_steps=3)
+    raise ValueError(name)
+
+
+DRIVERS = ["mcem", "mcem_nuts", "saem", "vem", "exact_adam"]
+
+
+def setup(name):
+    return _gmm() if name.startswith("exact") else _linear()
+
+
+def _params():
+    return {n: v.detach().clone() for n, v in pyro.get_param_store().items()}
+
+
+@pytest.mark.parametrize("name", DRIVERS)
+def test_resume_from_saved_state_is_exact(name, tmp_path):
+    model, data = setup(name)
+    pyro.set_rng_seed(1)
+    make(name, model).run(data, num_steps=6, progress=False)
+    expected = _params()
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    driver = make(name, model)
+    driver.run(data, num_steps=3, progress=False)
+    torch.save(driver.state_dict(), tmp_path / "state.pt")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(123)  # the saved RNG state must win
+    resumed = make(name, model)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    history = resumed.run(data, num_steps=3, progress=False)
+    assert history.steps == [1, 2, 3, 4, 5, 6]
+    actual = _params()
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        assert torch.allclose(actual[key], expected[key], atol=1e-10, rtol=0), key
+
+
+@pytest.mark.parametrize("name", ["mcem", "saem", "vem"])
+def test_interrupt_mid_step_keeps_history_and_resumes_exactly(name):
+    model, data = setup(name)
+    pyro.set_rng_seed(2)
+    make(name, model).run(data, num_steps=5, progress=False)
+    expected = _params()
+
+    calls = {"n": 0, "stop_at": None}
+
+    def interruptible(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return model.model(*args, **kwargs)
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(2)
+    driver = make(name, interruptible)
+    driver.run(data, num_steps=3, progress=False)
+    calls["stop_at"] = calls["n"] + 5  # inside the fourth step
+    with pytest.raises(KeyboardInterrupt):
+        driver.run(data, num_steps=2, progress=False)
+    assert driver.iteration == 3 and driver.history.steps == [1, 2, 3]
+    calls["stop_at"] = None
+    driver.run(data, num_steps=2, progress=False)
+    assert driver.history.steps == [1, 2, 3, 4, 5]
+    for key, value in _params().items():
+        assert torch.allclose(value, expected[key], atol=1e-10, rtol=0), key
+
+
+def test_planted_bug_resume_without_rng_state_differs(tmp_path):
+    """Control: the exact-resume check detects a state missing the RNG state."""
+    model, data = _linear()
+    pyro.set_rng_seed(1)
+    make("mcem", model).run(data, num_steps=4, progress=False)
+    expected = _params()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    driver = make("mcem", model)
+    driver.run(data, num_steps=2, progress=False)
+    state = driver.state_dict()
+    state["rng"]["torch"] = torch.manual_seed(5).get_state()  # the planted bug
+    resumed = make("mcem", model)
+    resumed.load_state_dict(state)
+    resumed.run(data, num_steps=2, progress=False)
+    assert not all(torch.allclose(v, expected[k], atol=1e-10) for k, v in _params().items())
+
+
+def test_history_records_metrics_params_time_and_callback():
+    model, data = _gmm()
+    em = lv.ExactEM(model)
+    seen = []
+
+    def callback(driver, metrics):
+        seen.append(driver.iteration)
+        return {"double": 2 * metrics["log_likelihood"]} if driver.iteration % 2 == 0 else None
+
+    history = em.run(data, num_steps=4, progress=False, callback=callback)
+    assert seen == [1, 2, 3, 4] and len(history) == 4
+    assert history.time == sorted(history.time) and history.time[0] > 0
+    assert math.isnan(history["double"][0])
+    assert history["double"][1] == 2 * history["log_likelihood"][1]
+    assert set(history.params) == {"weights", "locs", "scale_tril"}
+    assert history.params["locs"].shape == (4, 2, 2)
+    exported = history.to_dict()
+    again = History.from_dict(exported)
+    assert again.to_dict()["metrics"].keys() == exported["metrics"].keys()
+    assert torch.equal(again.params["locs"], history.params["locs"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = history.plot(x="time")
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 3 + 3  # 3 metrics, 3 params
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_record_params_choice():
+    model, data = _gmm()
+    assert lv.ExactEM(model, record_params=False).run(data, num_steps=1, progress=False) \
+        .params == {}
+    pyro.clear_param_store()
+    history = lv.ExactEM(model, record_params=["weights"]).run(data, num_steps=1,
+                                                                progress=False)
+    assert list(history.params) == ["weights"]
+
+
+def test_bad_input_is_named():
+    model, data = _linear()
+    with pytest.raises(TypeError, match="model must be a callable"):
+        lv.MCEM("not a model")
+    with pytest.raises(ValueError, match="num_steps"):
+        lv.ExactEM(model.model).run(data, num_steps=0)
+    with pytest.raises(TypeError, match="m_step"):
+        lv.MCEM(model, m_step="adam")
+    with pytest.raises(ValueError, match="alpha"):
+        lv.MCEM(model, alpha=0.7)
+    with pytest.raises(ValueError, match="both statistics and m_step"):
+        lv.SAEM(model, statistics=lambda s: s)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        lv.SAEM(model, step_size=0.3)
+    with pytest.raises(ValueError, match="anneal names"):
+        lv.SAEM(model, anneal=("nope",), warmup_steps=5).step(data)
+    with pytest.raises(TypeError, match="optim"):
+        lv.VariationalEM(model, AutoNormal(model), optim=torch.optim.Adam)
+    with pytest.raises(TypeError, match="callback"):
+        lv.ExactEM(model).run(data, callback=3)
+    with pytest.raises(ValueError, match="not enumerable"):
+        lv.ExactEM(model).step(data)
+
+    def no_params(x):
+        with pyro.plate("n", len(x)):
+            pyro.sample("x", pyro.distributions.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="reads no pyro.param"):
+        lv.ExactEM(no_params).step(torch.zeros(3))
