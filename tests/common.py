@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -67,3 +69,22 @@ def capped_effective_sample_size(draws: torch.Tensor) -> torch.Tensor:
     ess = effective_sample_size(draws, chain_dim=0, sample_dim=1)
     ess = torch.where(torch.isfinite(ess) & (ess > 0), ess, torch.full_like(ess, total))
     return ess.clamp(max=total)
+
+
+def assert_polyak_average(values, truth, what):
+    """The averaged iterate against the truth, with the trajectory's ESS-based error."""
+    values = torch.stack(list(values))
+    ess = capped_effective_sample_size(values.reshape(1, values.shape[0], -1))
+    stderr = values.reshape(values.shape[0], -1).std(0) / ess.sqrt()
+    assert_within_stderr(values.mean(0).reshape(-1), truth.reshape(-1), stderr, what=what)
+
+
+def likelihood_gap_tolerance(num_params: int, effective_draws: float) -> float:
+    """How far below the maximum a Monte Carlo EM estimate's log-likelihood may fall.
+
+    An estimate off the MLE by delta loses delta' I delta / 2 of log-likelihood, distributed
+    about as tr(I Sigma) / p times a chi-square with p degrees of freedom over 2, for Monte
+    Carlo covariance Sigma. With n effective draws, I Sigma <= I_missing I^-1 / n <= 1 / n,
+    so the loss exceeds (p + 4 sqrt(2p)) / (2n) (chi-square mean plus 4 sd) only rarely.
+    """
+    return (num_params + 4 * math.sqrt(2 * num_params)) / (2 * effective_draws)

@@ -160,6 +160,41 @@ class Theophylline(ReferenceModel):
                 "conc", dist.Normal(pred, add_sd).mask(data.mask[idx]).to_event(1), obs=obs
             )
 
+    def sufficient_statistics(self, samples: dict, data: PKData) -> dict[str, torch.Tensor]:
+        r"""Complete-data sufficient statistics at draws of ``eta``, for
+        :class:`~pyro_lvmle.SAEM`'s fast path (``statistics=model.sufficient_statistics``).
+
+        With :math:`\phi_i = \theta + \eta_i` (the individual log parameters, drawn at the
+        current :math:`\theta`) the complete-data likelihood is an exponential family in
+        :math:`(\theta, \omega^2, \sigma^2)` with statistics :math:`\phi_i`,
+        :math:`\phi_i^2` and the residual sum of squares (Kuhn & Lavielle 2005).
+
+        :param dict samples: ``{"eta": (M, S, 3)}``: ``M`` draws for the ``S`` subjects.
+        :param PKData data: the data.
+        :returns: ``{"phi": (M, S, 3), "phi2": (M, S, 3), "rss": (M,)}``.
+        """
+        data = _check_pk(data, need_conc=True)
+        p = {k: v.detach() for k, v in self.params(like=data.time).items()}
+        phi = torch.stack([p["tka"], p["tcl"], p["tv"]]) + samples["eta"]
+        resid = torch.where(data.mask, data.conc - self.concentration(phi, data.dose, data.time),
+                            0.0)
+        return {"phi": phi, "phi2": phi**2, "rss": (resid**2).sum((-1, -2))}
+
+    def maximize_statistics(self, stats: dict, data: PKData) -> dict[str, torch.Tensor]:
+        """The closed-form M-step given averaged :meth:`sufficient_statistics`, for
+        :class:`~pyro_lvmle.SAEM`'s fast path (``m_step=model.maximize_statistics``).
+
+        :param dict stats: ``{"phi": (S, 3), "phi2": (S, 3), "rss": ()}`` averaged.
+        :param PKData data: the data.
+        :returns: the parameters (constrained), by name.
+        """
+        theta = stats["phi"].mean(0)
+        omega2 = (stats["phi2"].mean(0) - theta**2).clamp(min=torch.finfo(theta.dtype).tiny)
+        add_sd = (stats["rss"] / data.mask.sum()).sqrt()
+        return {self.store_name("tka"): theta[0], self.store_name("tcl"): theta[1],
+                self.store_name("tv"): theta[2], self.store_name("omega"): omega2.sqrt(),
+                self.store_name("add_sd"): add_sd}
+
     def _log_joint(self, eta, data, p):
         """:math:`\\log p(y_i, \\eta_i)` per subject, for ``eta`` of shape ``(..., S, 3)``."""
         theta = torch.stack([p["tka"], p["tcl"], p["tv"]])

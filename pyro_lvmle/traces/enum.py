@@ -3,17 +3,17 @@ r"""The exact E-step of EM for models whose latent sites Pyro can enumerate.
 At fixed parameters :math:`\theta_0` the posterior :math:`p(z \mid x; \theta_0)` of the
 enumerated sites is implicit in the factors :math:`f_s = \log p_s(\cdot; \theta_0)` of one
 enumerated trace; a tensor-variable elimination (:func:`pyro.ops.contract.contract_to_tensor`,
-exact under plates) sums them to :math:`\log p(x; \theta_0)`. Two derivatives of that sum give
-what EM needs, with no posterior written out:
+exact under plates) sums them to :math:`\log p(x; \theta_0)`. The derivative of that sum with
+respect to a factor's entries is the posterior marginal of the factor's variables (one backward
+pass gives all of them, pairwise ones included), so that
 
 .. math::
 
     Q(\theta) = \mathbb{E}_{p(z \mid x; \theta_0)}\big[\log p(x, z; \theta)\big]
-        = \frac{d}{d\varepsilon} \log \sum_z \exp \sum_s \big(f_s + \varepsilon
-          \log p_s(\cdot; \theta)\big) \Big|_{\varepsilon = 0},
+        = \sum_s \sum_{\text{entries}} \frac{\partial \log p(x; \theta_0)}{\partial f_s}
+          \log p_s(\cdot; \theta),
 
-and the posterior marginal of the variables of each factor is the derivative of the log sum
-with respect to that factor.
+with no posterior written out.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class EnumeratedPosterior:
         self._factors = self._collect(trace, detach=True)
         with torch.no_grad():
             self.log_marginal = self._contract(self._factors)
+        self._packed_marginals = None
 
     def _trace(self):
         enumerated = poutine.enum(self.model, first_available_dim=-(self.max_plate_nesting + 1))
@@ -105,19 +106,26 @@ class EnumeratedPosterior:
 
     def expected_log_joint(self) -> torch.Tensor:
         r""":math:`Q(\theta)` at the model's current parameters: a scalar differentiable in
-        them (one run of the model, one double-backward)."""
+        them, :math:`\sum_s \sum p(\text{factor } s\text{'s variables} \mid x; \theta_0)
+        \log p_s(\cdot; \theta)` (one run of the model; the marginals are computed once)."""
         new = self._collect(self._trace(), detach=False)
         if [v[2] for v in new.values()] != [v[2] for v in self._factors.values()]:
             raise ValueError("EnumeratedPosterior: the model's structure changed since the "
                              "E-step (different sites or plates)")
+        if self._packed_marginals is None:
+            self._packed_marginals = self._factor_marginals()
+        return sum((self._packed_marginals[name] * tensor).sum()
+                   for name, (_, tensor, _) in new.items())
+
+    def _factor_marginals(self):
+        """The derivative of log p(x) with respect to each factor's entries."""
         with torch.enable_grad():
-            eps = self._factors[next(iter(self._factors))][1].new_zeros((), requires_grad=True)
-            mixed = OrderedDict(
-                (name, (ordinal, old + eps * new[name][1], dims))
-                for name, (ordinal, old, dims) in self._factors.items()
-            )
-            (q,) = torch.autograd.grad(self._contract(mixed), eps, create_graph=True)
-        return q
+            offsets = {name: torch.zeros_like(t, requires_grad=True)
+                       for name, (_, t, _) in self._factors.items()}
+            shifted = OrderedDict((name, (ordinal, t + offsets[name], dims))
+                                  for name, (ordinal, t, dims) in self._factors.items())
+            grads = torch.autograd.grad(self._contract(shifted), list(offsets.values()))
+        return dict(zip(self._factors, grads, strict=True))
 
     def marginals(self) -> dict[str, torch.Tensor]:
         """Posterior marginals of each site's factor variables: for site ``s`` a tensor shaped
@@ -125,14 +133,11 @@ class EnumeratedPosterior:
         the order of ``enumerate_support``, then plate dimensions), holding
         :math:`p(\\text{the enumerated values of s and of its enumerated parents} \\mid x)`;
         for an observed site, the posterior of its enumerated parents."""
-        with torch.enable_grad():
-            offsets = {name: torch.zeros_like(t, requires_grad=True)
-                       for name, (_, t, _) in self._factors.items()}
-            shifted = OrderedDict((name, (ordinal, t + offsets[name], dims))
-                                  for name, (ordinal, t, dims) in self._factors.items())
-            grads = torch.autograd.grad(self._contract(shifted), list(offsets.values()))
+        if self._packed_marginals is None:
+            self._packed_marginals = self._factor_marginals()
         out = {}
-        for (name, (_, _, dims)), grad in zip(self._factors.items(), grads, strict=True):
+        for name, (_, _, dims) in self._factors.items():
+            grad = self._packed_marginals[name].clone()
             grad._pyro_dims = dims
             out[name] = unpack(grad, self._symbol_to_dim)
         return out

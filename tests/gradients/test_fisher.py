@@ -12,7 +12,11 @@ import torch
 
 import pyro_lvmle as lv
 from pyro_lvmle.traces.params import call_with_params
-from tests.common import assert_within_stderr, capped_effective_sample_size
+from tests.common import (
+    assert_polyak_average,
+    assert_within_stderr,
+    capped_effective_sample_size,
+)
 
 
 def _flat(grads, names):
@@ -98,14 +102,6 @@ def polyak_fit(model, data, loss, burn_in, window, lr, **kwargs):
         svi.step(data, **kwargs)
         trajectory.append({k: v.detach().clone() for k, v in model.params().items()})
     return trajectory
-
-
-def assert_polyak_average(values, truth, what):
-    """The averaged iterate against the truth, with the trajectory's ESS-based error."""
-    values = torch.stack(values)
-    ess = capped_effective_sample_size(values.reshape(1, values.shape[0], -1))
-    stderr = values.reshape(values.shape[0], -1).std(0) / ess.sqrt()
-    assert_within_stderr(values.mean(0).reshape(-1), truth.reshape(-1), stderr, what=what)
 
 
 def test_sgd_reaches_the_linear_gaussian_mle():
