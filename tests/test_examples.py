@@ -12,6 +12,7 @@ EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
     ("reference_models", "Theophylline MLE"),
     ("vae_digits", "IWAE K=50, DReG"),
     ("seed000_gradient", "Fisher, batched HMC"),
+    ("theophylline", "| CV ka % |"),
 ])
 def test_example_runs(name, expected, capsys, tmp_path):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
