@@ -150,7 +150,7 @@ class SAEM(Driver):
                 {k: s + gamma * (new[k] - s) for k, s in self._stats.items()}
             values = self.closed_form(dict(self._stats), *args, **kwargs)
             self.set_params(values)
-            memory = 0
+            num_kept = 0
         else:
             weights = draws.new_full((draws.shape[0],), gamma / draws.shape[0])
             if self._memory is None or gamma == 1.0:
@@ -162,13 +162,13 @@ class SAEM(Driver):
             memory, weights = self._memory, self._weights
             maximize(lambda: (weights * potential.log_joint(memory)).sum(), params, "lbfgs",
                      m_steps=self.m_steps, where="SAEM M-step")
-            memory = len(memory)
+            num_kept = len(memory)
         if self.anneal and self.iteration < self.anneal_steps:
             now = self.constrained_params()
             self.set_params({n: torch.maximum(now[n], self.anneal_rate * before[n])
                              for n in self.anneal})
         return {"gamma": gamma, "log_joint": log_joint,
-                "accept_prob": self.sampler.diagnostics["accept_prob"], "memory": memory}
+                "accept_prob": self.sampler.diagnostics["accept_prob"], "memory": num_kept}
 
     def _extra_state(self) -> dict:
         return {"chains": self.sampler.state_dict(), "stats": self._stats,

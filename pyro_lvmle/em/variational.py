@@ -119,12 +119,8 @@ class VariationalEM(Driver):
         super().load_state_dict(state)
         guide = state.get("guide_params", {})
         self._guide_names = list(guide) or None
-        store = pyro.get_param_store()
-        self._pending = {**(self._pending or {}), **{
-            n: v.clone() for n, v in guide.items() if n not in store}}
-        for name, value in guide.items():
-            if name in store:
-                dict(store.named_parameters())[name].data.copy_(value)
+        self._pending = {**(self._pending or {}), **{n: v.clone() for n, v in guide.items()}}
+        self._apply_pending()  # those in the store now; the rest when the guide first runs
 
     def _extra_state(self) -> dict:
         state = {"optim": self.optim.get_state()}

@@ -106,7 +106,6 @@ def test_adam_m_step_and_hmm_structure():
     store = pyro.get_param_store()
     init, trans, locs = store["init"], store["trans"], store["locs"]
     normal = torch.distributions.Normal
-    total = torch.zeros(3)
     terms = []
     for a in range(2):
         for b in range(2):
