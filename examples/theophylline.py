@@ -3,7 +3,8 @@
 The one-compartment model with log-normal random effects on ka, CL and V (nlmixr2's
 ``theo_sd``) on R's ``Theoph`` data (12 subjects). Four estimators, one model:
 
-* ``lv.SAEM`` with the model's sufficient statistics (closed-form M-step), 16 HMC chains;
+* ``lv.SAEM`` with the model's sufficient statistics (closed-form M-step), 64 HMC chains of
+  4 leapfrog steps;
 * ``lv.MCEM`` with 32 persistent HMC chains and the ascent-based sample size;
 * ``lv.VariationalEM`` with an ``AutoNormal`` guide and the ELBO (a biased target: the
   bound's maximizer, not the likelihood's);
@@ -59,8 +60,9 @@ def fit(name, data, steps):
     model = lv.models.Theophylline()
     points, callback = track(model, data)
     if name == "SAEM":
-        driver = lv.SAEM(model, "hmc", burn_in=min(100, steps // 3), num_chains=16,
-                         warmup_steps=100, statistics=model.sufficient_statistics,
+        driver = lv.SAEM(model, "hmc", burn_in=min(50, steps // 3), num_chains=64,
+                         warmup_steps=30, kernel_options={"num_steps": 4},
+                         statistics=model.sufficient_statistics,
                          m_step=model.maximize_statistics, anneal=("omega", "add_sd"))
     elif name == "MCEM":
         driver = lv.MCEM(model, "hmc", num_samples=5, num_chains=32, warmup_steps=100,

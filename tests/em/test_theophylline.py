@@ -41,10 +41,10 @@ def check(model, data):
 def test_saem_reaches_the_maximum_likelihood():
     model = lv.models.Theophylline()
     data = lv.models.load_theophylline()
-    saem = lv.SAEM(model, "hmc", burn_in=100, num_chains=16, warmup_steps=100,
-                   statistics=model.sufficient_statistics, m_step=model.maximize_statistics,
-                   anneal=("omega", "add_sd"))
-    saem.run(data, num_steps=500, progress=False)
+    saem = lv.SAEM(model, "hmc", burn_in=50, num_chains=64, warmup_steps=30,
+                   kernel_options={"num_steps": 4}, statistics=model.sufficient_statistics,
+                   m_step=model.maximize_statistics, anneal=("omega", "add_sd"))
+    saem.run(data, num_steps=300, progress=False)
     check(model, data)
 
 
