@@ -13,7 +13,11 @@ of the Q-function, then maximizes it:
 
 Generic form: :math:`\hat Q_k` is kept as the weighted sum of the log joints of every past
 draw whose weight :math:`\gamma_j \prod_{i > j} (1 - \gamma_i)` is not negligible, and
-maximized by L-BFGS warm-started at :math:`\theta_k`. Fast path, for a complete-data
+maximized by L-BFGS warm-started at :math:`\theta_k`. With :math:`\gamma_k = 1/k` every
+draw keeps a weight, so the memory is bounded: past ``max_memory`` rows it is halved by
+systematic resampling in proportion to the weights, each kept row carrying an equal share of
+the total (in expectation the same :math:`\hat Q_k`; with equal weights, a thinning of the
+past draws). Fast path, for a complete-data
 likelihood in the exponential family: the user gives the sufficient statistics
 :math:`S(z)` and the closed-form maximizer; the driver keeps
 :math:`s_k = s_{k-1} + \gamma_k (S(z_k) - s_{k-1})` and sets
@@ -61,6 +65,10 @@ class SAEM(Driver):
     :param float anneal_rate: the shrinkage bound (0.95 by default; saemix uses 0.95-0.97).
     :param int anneal_steps: iterations with annealing; defaults to ``burn_in``.
     :param float min_weight: generic form: draws whose weight falls below this are dropped.
+    :param int max_memory: generic form: the most draws kept in :math:`\hat Q_k`; when
+        exceeded, halved by systematic resampling (unbiased for :math:`\hat Q_k`). Bounds
+        the M-step's cost, at the price of a Monte Carlo error that stops shrinking at about
+        that of ``max_memory / 2`` draws spread over the whole run. ``None``: no bound.
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`.
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
 
@@ -95,7 +103,8 @@ class SAEM(Driver):
                  num_chains: int = 4, num_transitions: int = 1, warmup_steps: int = 200,
                  statistics=None, m_step=None, m_steps: int = 20, anneal=(),
                  anneal_rate: float = 0.95, anneal_steps: int | None = None,
-                 min_weight: float = 1e-8, kernel_options: dict | None = None,
+                 min_weight: float = 1e-8, max_memory: int | None = 10_000,
+                 kernel_options: dict | None = None,
                  record_params=True):
         super().__init__(model, record_params=record_params)
         if callable(step_size):
@@ -122,6 +131,12 @@ class SAEM(Driver):
         self.anneal, self.anneal_rate = tuple(anneal), float(anneal_rate)
         self.anneal_steps = burn_in if anneal_steps is None else anneal_steps
         self.min_weight = float(min_weight)
+        if max_memory is not None and (not isinstance(max_memory, int)
+                                       or isinstance(max_memory, bool)
+                                       or max_memory < 2 * num_chains):
+            raise ValueError(f"SAEM: max_memory must be None or an int >= 2 * num_chains "
+                             f"({2 * num_chains}), got {max_memory!r}")
+        self.max_memory = max_memory
         self._stats: dict[str, torch.Tensor] | None = None
         self._memory: torch.Tensor | None = None  # (rows, D) draws in Q_k
         self._weights: torch.Tensor | None = None  # (rows,) their weights, summing to 1
@@ -159,6 +174,9 @@ class SAEM(Driver):
                 keep = self._weights * (1 - gamma) >= self.min_weight
                 self._memory = torch.cat([self._memory[keep], draws])
                 self._weights = torch.cat([self._weights[keep] * (1 - gamma), weights])
+                if self.max_memory is not None and len(self._memory) > self.max_memory:
+                    self._memory, self._weights = resample(self._memory, self._weights,
+                                                           self.max_memory // 2)
             memory, weights = self._memory, self._weights
             maximize(lambda: (weights * potential.log_joint(memory)).sum(), params, "lbfgs",
                      m_steps=self.m_steps, where="SAEM M-step")
@@ -178,3 +196,22 @@ class SAEM(Driver):
         self.sampler.load_state_dict(state["chains"])
         self._stats, self._memory, self._weights = (state["stats"], state["memory"],
                                                     state["weights"])
+
+
+def resample(rows: torch.Tensor, weights: torch.Tensor, size: int):
+    """``size`` of the ``rows`` drawn by systematic resampling with probabilities in proportion
+    to ``weights``, each with weight ``weights.sum() / size``: row ``i`` is drawn
+    ``size * w_i / sum(w)`` times in expectation, so any weighted sum over the rows keeps its
+    expectation.
+
+    :param torch.Tensor rows: ``(R, D)``.
+    :param torch.Tensor weights: ``(R,)``, non-negative, not all zero.
+    :param int size: rows to keep.
+    :returns: the kept rows ``(size, D)`` and their weights ``(size,)``.
+    """
+    total = weights.sum()
+    cdf = weights.cumsum(0) / total
+    u = (torch.rand((), dtype=weights.dtype, device=weights.device)
+         + torch.arange(size, dtype=weights.dtype, device=weights.device)) / size
+    index = torch.searchsorted(cdf, u).clamp(max=len(weights) - 1)
+    return rows[index], (total / size).expand(size).clone()

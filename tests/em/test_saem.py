@@ -7,6 +7,7 @@ import torch
 from pyro.ops.stats import effective_sample_size
 
 import pyro_lvmle as lv
+from pyro_lvmle.em.saem import resample
 from tests.common import likelihood_gap_tolerance
 from tests.em.test_mcem import NUM_PARAMS, ppca
 
@@ -50,18 +51,65 @@ def test_fast_path_reaches_the_ppca_mle_and_constant_steps_do_not():
     assert bad_gap > tol, (bad_gap, tol)
 
 
-def test_generic_form_reaches_the_linear_gaussian_mle():
+def run_generic(**options):
     # sigma well inside its range: EM's rate for it is fast, so the burn-in reaches the optimum
     model = lv.models.LinearGaussian(dim=2, init_params={"w": torch.tensor([0.3, -0.2]),
                                                          "sigma": torch.tensor(1.2)})
     data = model.simulate(50, {"w": torch.tensor([1.0, -1.0]), "sigma": torch.tensor(1.5)})
     best = model.log_marginal(data, model.mle(data)).item()
-    saem = lv.SAEM(model, "hmc", burn_in=50, num_chains=8, warmup_steps=100, m_steps=10)
+    saem = lv.SAEM(model, "hmc", burn_in=50, num_chains=8, warmup_steps=100, m_steps=10,
+                   **options)
     history = saem.run(data, num_steps=300, progress=False)
-    gap = best - model.log_marginal(data).item()
+    return best - model.log_marginal(data).item(), history
+
+
+def test_generic_form_reaches_the_linear_gaussian_mle():
+    gap, history = run_generic()
     tol = likelihood_gap_tolerance(3, effective_draws(history, 50, 8))
     assert -1e-8 <= gap < tol, (gap, tol)
     assert history["memory"][-1] == 8 * 250  # every draw after the burn-in is kept
+
+
+def test_generic_form_with_bounded_memory_reaches_the_mle():
+    gap, history = run_generic(max_memory=256)
+    assert max(history["memory"]) <= 256
+    assert min(history["memory"][100:]) >= 128  # halved, never emptied
+    # the kept rows are a thinning of the 2000 post-burn-in draws down to 128..256 of them:
+    # their effective number is at least 128/2000 of the chains' (thinning never does worse)
+    tol = likelihood_gap_tolerance(3, effective_draws(history, 50, 8) * 128 / 2000)
+    assert -1e-8 <= gap < tol, (gap, tol)
+
+
+def biased_resample(rows, weights, size):
+    """Planted bug: rows drawn evenly, ignoring the weights."""
+    return resample(rows, torch.ones_like(weights), size)[0], \
+        (weights.sum() / size).expand(size)
+
+
+def resampled_sums(resampler, values, weights, size, repeats=4000):
+    sums = []
+    for _ in range(repeats):
+        kept, kept_weights = resampler(values[:, None], weights, size)
+        sums.append((kept_weights * kept[:, 0]).sum())
+    return torch.stack(sums)
+
+
+def test_resampling_keeps_weighted_sums_unbiased_and_counts_within_one():
+    values = torch.randn(60)
+    weights = torch.rand(60) ** 3  # far from uniform
+    exact = (weights * values).sum()
+    sums = resampled_sums(resample, values, weights, 20)
+    stderr = sums.std() / len(sums) ** 0.5
+    assert (sums.mean() - exact).abs() < 4 * stderr, (sums.mean(), exact, stderr)
+    # systematic resampling: each row is kept floor or ceil of its expected count
+    kept, kept_weights = resample(torch.arange(60.0)[:, None], weights, 20)
+    counts = torch.bincount(kept[:, 0].long(), minlength=60).double()
+    expected = 20 * weights / weights.sum()
+    assert ((counts - expected).abs() < 1).all()
+    assert torch.allclose(kept_weights.sum(), weights.sum())
+    # control: ignoring the weights biases the sum far outside the same bound
+    bad = resampled_sums(biased_resample, values, weights, 20)
+    assert (bad.mean() - exact).abs() > 4 * bad.std() / len(bad) ** 0.5
 
 
 def annealed_sigma_path(anneal):
