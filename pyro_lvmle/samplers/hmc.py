@@ -176,6 +176,9 @@ def hmc_step(state: HMCState, potential, *, num_steps: int = 10, metropolis: boo
     q, energy, grad, eps, inv_mass = (state.position, state.potential_energy, state.grad,
                                       state.step_size, state.inverse_mass)
     momentum = torch.randn_like(q) / inv_mass.sqrt()
+    discrete = getattr(potential, "discrete_mask", None)
+    if discrete is not None:  # discrete coordinates are moved by discrete steps, never here
+        momentum = momentum.masked_fill(discrete, 0.0)
     kinetic = 0.5 * (momentum**2 * inv_mass).sum(-1)
     e = eps.unsqueeze(-1)
     if jitter:
