@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from functools import partial
 from statistics import NormalDist
+from typing import NamedTuple
 
 import torch
 
@@ -32,7 +33,7 @@ from ..gradients import MCMCGradient
 from .driver import Driver
 from .m_step import check_m_step, load_optim_state, maximize
 
-__all__ = ["MCEM"]
+__all__ = ["MCEM", "AscentDecision", "AscentRule", "ascent_rule"]
 
 
 class MCEM(Driver):
@@ -112,22 +113,31 @@ class MCEM(Driver):
         self.burn_in, self.auto, self.tol = burn_in, bool(auto), float(tol)
         self.max_num_samples = max_num_samples
         quantile = NormalDist().inv_cdf
-        self._z_alpha, self._z_beta = quantile(1 - alpha), quantile(1 - beta)
-        self._z_gamma = quantile(1 - gamma)
+        self._rule = AscentRule(quantile(1 - alpha), quantile(1 - beta), quantile(1 - gamma),
+                                self.tol, max_num_samples)
 
     def _draw(self, num_samples, args, kwargs):
-        """Advance the chains; kept draws ``(C, S, D)`` and the potential."""
-        self.sampler.num_samples = num_samples
-        potential, flat = self.sampler.advance(self.model, *args, **kwargs)
-        return potential, flat.reshape(self.sampler.num_chains, num_samples, -1)
+        """Advance the chains; kept draws ``(C, S, D)``, the potential, the acceptance."""
+        draws = self.sampler.draw(self.model, args, kwargs, num_samples)
+        if draws.potential.batched_plates:
+            raise ValueError("MCEM: the model subsampled a plate; the Monte Carlo Q-function "
+                             "needs every datum in each iteration (drop subsample_size), or "
+                             "use SVI with lv.MCMCGradient for mini-batches")
+        if num_samples > 1 and bool((draws.positions == draws.positions[:, :1]).all()):
+            raise ValueError(
+                f"MCEM: the chains did not move in this E-step (acceptance rate "
+                f"{draws.diagnostics['accept_prob']:.3g}); the Monte Carlo Q-function would "
+                "rest on one point per chain. Lengthen warmup_steps, or lower "
+                "kernel_options['step_size']")
+        return draws.potential, draws.positions, draws.diagnostics["accept_prob"]
 
     def _step(self, args, kwargs):
         params = self.model_params(*args, **kwargs)
         start = {n: p.detach().clone() for n, p in params.items()}
         if self.burn_in and self.iteration > 0:
             self._draw(self.burn_in, args, kwargs)
-        potential, draws = self._draw(self.num_samples, args, kwargs)
-        accept = [self.sampler.diagnostics["accept_prob"]]
+        potential, draws, accept = self._draw(self.num_samples, args, kwargs)
+        accept = [accept]
         while True:
             flat = draws.reshape(-1, draws.shape[-1])
             with torch.no_grad():
@@ -138,23 +148,20 @@ class MCEM(Driver):
                 after = potential.log_joint(flat)
             increase, se, ess = _mean_and_stderr((after - before).reshape(draws.shape[:2]))
             size = draws.shape[1]
-            if not self.auto or increase - self._z_alpha * se >= 0 \
-                    or size >= self.max_num_samples:
+            decision = ascent_rule(increase, se, size, self.num_samples, self._rule)
+            if not self.auto or decision.accept or size >= self.max_num_samples:
                 break
             # not an established ascent: back to the start, more draws from the same target
             with torch.no_grad():
                 for name, leaf in params.items():
                     leaf.copy_(start[name])
-            extra = min(max(1, math.ceil(size / 3)), self.max_num_samples - size)
-            potential, more = self._draw(extra, args, kwargs)
-            accept.append(self.sampler.diagnostics["accept_prob"])
+            extra = min(decision.extra, self.max_num_samples - size)
+            potential, more, more_accept = self._draw(extra, args, kwargs)
+            accept.append(more_accept)
             draws = torch.cat([draws, more], 1)
         if self.auto:
-            self.converged = increase + self._z_gamma * se < self.tol
-            variance = se**2 * size  # per kept draw of each chain
-            wanted = variance * (self._z_alpha + self._z_beta) ** 2 / max(increase, 1e-300) ** 2
-            self.num_samples = int(min(self.max_num_samples,
-                                       max(self.num_samples, math.ceil(wanted))))
+            self.converged = decision.converged
+            self.num_samples = decision.next_num_samples
         return {"q_increase": increase, "q_increase_se": se, "ess": ess,
                 "num_samples": draws.shape[0] * draws.shape[1],
                 "accept_prob": sum(accept) / len(accept), "converged": self.converged}
@@ -170,6 +177,77 @@ class MCEM(Driver):
         self.sampler.load_state_dict(state["chains"])
         if "optim" in state:
             load_optim_state(self.m_step, state["optim"])
+
+
+class AscentRule(NamedTuple):
+    """The settings of Caffo, Jank & Jones' ascent-based rule.
+
+    :ivar float z_alpha: normal quantile for the risk of accepting a step that is no ascent.
+    :ivar float z_beta: normal quantile for the risk of too small a next sample.
+    :ivar float z_gamma: normal quantile for the stopping rule's risk.
+    :ivar float tol: :math:`C`, the Q-increase below which the run has converged.
+    :ivar int max_num_samples: the cap on draws per chain.
+    """
+
+    z_alpha: float
+    z_beta: float
+    z_gamma: float
+    tol: float
+    max_num_samples: int
+
+
+class AscentDecision(NamedTuple):
+    r"""What the ascent-based rule says after an M-step.
+
+    :ivar bool accept: the ascent is established (:math:`\Delta\hat Q - z_\alpha
+        \mathrm{se} \ge 0`): keep the new parameters.
+    :ivar bool converged: :math:`\Delta\hat Q + z_\gamma \mathrm{se} < C`.
+    :ivar int extra: draws per chain to add when the ascent is not established
+        (a third of the current ones).
+    :ivar int next_num_samples: draws per chain for the next iteration.
+    """
+
+    accept: bool
+    converged: bool
+    extra: int
+    next_num_samples: int
+
+
+def ascent_rule(increase: float, se: float, size: int, num_samples: int,
+                rule: AscentRule) -> AscentDecision:
+    r"""Caffo, Jank & Jones' (2005) decision after an M-step, a pure function.
+
+    .. math::
+
+        m_{k+1} = \max\Big(m_k,\ \frac{\sigma^2 (z_\alpha + z_\beta)^2}
+        {\Delta\hat Q^2}\Big), \qquad \sigma^2 = m\,\mathrm{se}^2.
+
+    Chains that did not move give :math:`\mathrm{se} = 0`: no growth is asked for then
+    (the driver reports frozen chains itself).
+
+    :param float increase: :math:`\Delta\hat Q`.
+    :param float se: its standard error.
+    :param int size: draws per chain behind it.
+    :param int num_samples: the current draws per chain of an iteration.
+    :param AscentRule rule: the settings.
+
+    Example::
+
+        >>> from pyro_lvmle.em.mcem import AscentRule, ascent_rule
+        >>> rule = AscentRule(0.674, 0.674, 1.645, 1e-3, 1000)
+        >>> ascent_rule(0.1, 0.2, 50, 50, rule).accept
+        False
+    """
+    accept = increase - rule.z_alpha * se >= 0
+    converged = increase + rule.z_gamma * se < rule.tol
+    variance = se**2 * size  # per kept draw of each chain
+    if variance > 0 and increase > 0:
+        wanted = math.ceil(min(variance * (rule.z_alpha + rule.z_beta) ** 2 / increase**2,
+                               rule.max_num_samples))
+    else:  # no noise (frozen chains) or no ascent: keep the size, or the cap
+        wanted = num_samples if variance == 0 else rule.max_num_samples
+    return AscentDecision(bool(accept), bool(converged), max(1, math.ceil(size / 3)),
+                          int(min(rule.max_num_samples, max(num_samples, wanted))))
 
 
 def _mean_log_joint(potential, flat):

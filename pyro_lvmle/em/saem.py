@@ -33,7 +33,7 @@ from .driver import Driver
 from .m_step import maximize
 from .schedules import saem_step_size
 
-__all__ = ["SAEM"]
+__all__ = ["SAEM", "resample", "stochastic_approximation", "update_memory"]
 
 
 class SAEM(Driver):
@@ -151,7 +151,8 @@ class SAEM(Driver):
         if not 0 < gamma <= 1:
             raise ValueError(f"SAEM: step_size gave gamma = {gamma} at iteration "
                              f"{self.iteration + 1}; it must be in (0, 1]")
-        potential, draws = self.sampler.advance(self.model, *args, **kwargs)
+        potential, positions, diagnostics = self.sampler.draw(self.model, args, kwargs)
+        draws = positions.flatten(0, 1)
         if potential.batched_plates:
             raise ValueError("SAEM: the model subsampled a plate; SAEM needs every datum in "
                              "each iteration (drop subsample_size)")
@@ -160,23 +161,15 @@ class SAEM(Driver):
         before = self.constrained_params()
         if self.statistics is not None:
             new = self.statistics(dict(self.sampler.samples), *args, **kwargs)
-            new = {k: v.mean(0) for k, v in new.items()}
-            self._stats = new if self._stats is None else \
-                {k: s + gamma * (new[k] - s) for k, s in self._stats.items()}
+            self._stats = stochastic_approximation(self._stats,
+                                                   {k: v.mean(0) for k, v in new.items()}, gamma)
             values = self.closed_form(dict(self._stats), *args, **kwargs)
             self.set_params(values)
             num_kept = 0
         else:
-            weights = draws.new_full((draws.shape[0],), gamma / draws.shape[0])
-            if self._memory is None or gamma == 1.0:
-                self._memory, self._weights = draws, weights
-            else:
-                keep = self._weights * (1 - gamma) >= self.min_weight
-                self._memory = torch.cat([self._memory[keep], draws])
-                self._weights = torch.cat([self._weights[keep] * (1 - gamma), weights])
-                if self.max_memory is not None and len(self._memory) > self.max_memory:
-                    self._memory, self._weights = resample(self._memory, self._weights,
-                                                           self.max_memory // 2)
+            self._memory, self._weights = update_memory(
+                self._memory, self._weights, draws, gamma, min_weight=self.min_weight,
+                max_memory=self.max_memory)
             memory, weights = self._memory, self._weights
             maximize(lambda: (weights * potential.log_joint(memory)).sum(), params, "lbfgs",
                      m_steps=self.m_steps, where="SAEM M-step")
@@ -186,7 +179,7 @@ class SAEM(Driver):
             self.set_params({n: torch.maximum(now[n], self.anneal_rate * before[n])
                              for n in self.anneal})
         return {"gamma": gamma, "log_joint": log_joint,
-                "accept_prob": self.sampler.diagnostics["accept_prob"], "memory": num_kept}
+                "accept_prob": diagnostics["accept_prob"], "memory": num_kept}
 
     def _extra_state(self) -> dict:
         return {"chains": self.sampler.state_dict(), "stats": self._stats,
@@ -215,3 +208,62 @@ def resample(rows: torch.Tensor, weights: torch.Tensor, size: int):
          + torch.arange(size, dtype=weights.dtype, device=weights.device)) / size
     index = torch.searchsorted(cdf, u).clamp(max=len(weights) - 1)
     return rows[index], (total / size).expand(size).clone()
+
+
+def stochastic_approximation(previous: dict | None, new: dict, gamma: float) -> dict:
+    r"""SAEM's update of averaged sufficient statistics, a pure function:
+    :math:`s_k = s_{k-1} + \gamma_k (S(z_k) - s_{k-1})` (the first call returns ``new``).
+
+    :param dict previous: :math:`s_{k-1}` by name, or ``None`` before the first iteration.
+    :param dict new: :math:`S(z_k)`, the new draws' statistics (averaged over chains).
+    :param float gamma: :math:`\gamma_k \in (0, 1]`.
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.em.saem import stochastic_approximation
+        >>> stochastic_approximation({"s": torch.tensor(1.0)}, {"s": torch.tensor(3.0)}, 0.5)
+        {'s': tensor(2.)}
+    """
+    if previous is None:
+        return dict(new)
+    if previous.keys() != new.keys():
+        raise ValueError(f"SAEM: statistics changed names from {sorted(previous)} to "
+                         f"{sorted(new)}; statistics() must return the same keys every time")
+    return {k: s + gamma * (new[k] - s) for k, s in previous.items()}
+
+
+def update_memory(memory: torch.Tensor | None, weights: torch.Tensor | None,
+                  draws: torch.Tensor, gamma: float, *, min_weight: float,
+                  max_memory: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The weighted draws behind the generic SAEM Q-function after iteration ``k``:
+    old weights times :math:`1 - \gamma_k`, the new draws' weight :math:`\gamma_k` shared
+    among them; draws below ``min_weight`` dropped; past ``max_memory`` rows, halved by
+    :func:`resample`. The weights keep summing to one.
+
+    :param torch.Tensor memory: ``(R, D)`` past draws (``None`` at the start).
+    :param torch.Tensor weights: ``(R,)`` their weights.
+    :param torch.Tensor draws: ``(C, D)`` the new draws.
+    :param float gamma: :math:`\gamma_k`.
+    :param float min_weight: the smallest weight kept.
+    :param int max_memory: the most rows kept, or ``None``.
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.em.saem import update_memory
+        >>> memory, weights = update_memory(None, None, torch.zeros(2, 1), 1.0, min_weight=0,
+        ...                                 max_memory=None)
+        >>> update_memory(memory, weights, torch.ones(2, 1), 0.5, min_weight=0,
+        ...               max_memory=None)[1]
+        tensor([0.2500, 0.2500, 0.2500, 0.2500])
+    """
+    new_weights = draws.new_full((draws.shape[0],), gamma / draws.shape[0])
+    if memory is None or gamma == 1.0:
+        return draws, new_weights
+    keep = weights * (1 - gamma) >= min_weight
+    memory = torch.cat([memory[keep], draws])
+    weights = torch.cat([weights[keep] * (1 - gamma), new_weights])
+    if max_memory is not None and len(memory) > max_memory:
+        memory, weights = resample(memory, weights, max_memory // 2)
+    return memory, weights

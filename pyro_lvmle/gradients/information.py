@@ -118,7 +118,8 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
         sampler = MCMCGradient(kernel, num_samples=per_chain, warmup_steps=warmup_steps,
                                num_chains=num_chains, thinning=thinning,
                                max_plate_nesting=max_plate_nesting)
-        samples = sampler.sample(model, *args, **kwargs)
+        sampler.draw(model, args, kwargs)
+        samples = dict(sampler.samples)
     with poutine.block(), poutine.trace(param_only=True) as capture:
         model(*args, **kwargs)
     values = {name: site["value"].detach() for name, site in capture.trace.nodes.items()}

@@ -1,12 +1,20 @@
-"""Batched samplers: HMC, MALA and ULA as pure ``init``/``step`` functions on a NamedTuple
-state with a leading chain dimension, and their warm-up (dual averaging, diagonal mass);
-the sampler interface the gradients use (:class:`BatchedKernel`), Pyro's own NUTS/HMC
-behind the same interface (:class:`PyroKernel`), and the per-datum store of persistent
-chains (:class:`ChainStore`).
+"""Samplers: one protocol (:class:`Sampler` moving the chains of a :class:`Target`, one
+:class:`ChainState` for every sampler), batched HMC, MALA and ULA as pure ``init``/``step``
+functions with their warm-up (dual averaging, diagonal mass), :class:`BatchedKernel` (a step
+function as a sampler), Pyro's own NUTS/HMC behind the same protocol (:class:`PyroKernel`),
+:func:`make_sampler`, and the per-datum store of persistent chains (:class:`ChainStore`).
 """
 
-from .hmc import (
+from .base import (
+    ChainState,
     DualAveraging,
+    Sampler,
+    StepInfo,
+    Target,
+    chain_diagnostics,
+    stack_info,
+)
+from .hmc import (
     HMCInfo,
     HMCState,
     dual_averaging_init,
@@ -14,10 +22,9 @@ from .hmc import (
     hmc_init,
     hmc_step,
     mala_step,
-    stack_info,
     ula_step,
 )
-from .kernels import BATCHED_STEPS, BatchedKernel
+from .kernels import BATCHED_STEPS, BatchedKernel, make_sampler
 from .pyro_kernel import PyroKernel
 from .store import ChainStore
 from .warmup import WarmupResult, warmup, warmup_windows
@@ -25,16 +32,22 @@ from .warmup import WarmupResult, warmup, warmup_windows
 __all__ = [
     "BATCHED_STEPS",
     "BatchedKernel",
+    "ChainState",
     "ChainStore",
     "DualAveraging",
     "HMCInfo",
     "HMCState",
     "PyroKernel",
+    "Sampler",
+    "StepInfo",
+    "Target",
     "WarmupResult",
+    "chain_diagnostics",
     "dual_averaging_init",
     "dual_averaging_update",
     "hmc_init",
     "hmc_step",
+    "make_sampler",
     "mala_step",
     "stack_info",
     "ula_step",

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import NamedTuple
 
 import torch
 
+from .base import ChainState, DualAveraging, StepInfo
+
 __all__ = [
-    "DualAveraging",
     "HMCInfo",
     "HMCState",
     "dual_averaging_init",
@@ -24,62 +24,14 @@ __all__ = [
     "hmc_init",
     "hmc_step",
     "mala_step",
-    "stack_info",
     "ula_step",
 ]
 
 
-class DualAveraging(NamedTuple):
-    """Nesterov's dual averaging of the log step size (Hoffman & Gelman 2014, algorithm 5).
-
-    :ivar torch.Tensor log_step: the current iterate, per chain ``(C,)``.
-    :ivar torch.Tensor log_step_avg: its weighted average, the step size to keep after warm-up.
-    :ivar torch.Tensor error_avg: the running average of ``target - accept_prob``.
-    :ivar torch.Tensor prox_center: :math:`\\mu = \\log(10 \\epsilon_0)`.
-    :ivar int count: updates so far.
-    """
-
-    log_step: torch.Tensor
-    log_step_avg: torch.Tensor
-    error_avg: torch.Tensor
-    prox_center: torch.Tensor
-    count: int
-
-
-class HMCState(NamedTuple):
-    """The state of ``C`` chains.
-
-    :ivar torch.Tensor position: unconstrained positions ``(C, D)``.
-    :ivar torch.Tensor potential_energy: :math:`U(q)` per chain ``(C,)``.
-    :ivar torch.Tensor grad: :math:`\\nabla U(q)` ``(C, D)``.
-    :ivar torch.Tensor step_size: leapfrog step size per chain ``(C,)``.
-    :ivar torch.Tensor inverse_mass: the diagonal inverse mass matrix ``(C, D)``.
-    :ivar DualAveraging adaptation: the step-size adaptation state.
-    """
-
-    position: torch.Tensor
-    potential_energy: torch.Tensor
-    grad: torch.Tensor
-    step_size: torch.Tensor
-    inverse_mass: torch.Tensor
-    adaptation: DualAveraging
-
-
-class HMCInfo(NamedTuple):
-    """What one transition did, per chain.
-
-    :ivar torch.Tensor accept_prob: the Metropolis acceptance probability (for ULA, the one a
-        Metropolis test would have used: a measure of its discretization bias, and what its
-        step size adapts on).
-    :ivar torch.Tensor accepted: whether the proposal was taken.
-    :ivar torch.Tensor divergent: energy error above 1000 or not finite.
-    :ivar torch.Tensor energy_error: :math:`H(q', p') - H(q, p)`.
-    """
-
-    accept_prob: torch.Tensor
-    accepted: torch.Tensor
-    divergent: torch.Tensor
-    energy_error: torch.Tensor
+#: the state of every sampler's chains (:class:`~pyro_lvmle.samplers.ChainState`)
+HMCState = ChainState
+#: what a transition did (:class:`~pyro_lvmle.samplers.StepInfo`)
+HMCInfo = StepInfo
 
 
 def hmc_init(position: torch.Tensor, potential, *, step_size: float = 0.1,
@@ -210,18 +162,6 @@ def hmc_step(state: HMCState, potential, *, num_steps: int = 10, metropolis: boo
         step_size = adaptation.log_step.exp()
     new_state = HMCState(position, potential_energy, grad, step_size, inv_mass, adaptation)
     return new_state, HMCInfo(accept_prob, accepted, divergent, energy_error)
-
-
-def stack_info(infos: list[HMCInfo], state: HMCState) -> HMCInfo:
-    """Stack per-transition infos along a new leading dimension (empty if there are none).
-
-    :param list infos: :class:`HMCInfo` of successive transitions.
-    :param HMCState state: gives the chain count, dtype and device of an empty result.
-    """
-    if infos:
-        return HMCInfo(*(torch.stack(field) for field in zip(*infos, strict=True)))
-    empty = state.position.new_zeros((0, state.position.shape[0]))
-    return HMCInfo(empty, empty.bool(), empty.bool(), empty)
 
 
 #: MALA: HMC with a single leapfrog step (Roberts & Tweedie 1996); target acceptance 0.574

@@ -1,35 +1,30 @@
-"""The sampler interface the gradients use, and its batched implementation.
-
-A *sampler* moves ``C`` chains of a :class:`~pyro_lvmle.traces.Potential` and keeps them in
-an :class:`~pyro_lvmle.samplers.HMCState`. It has four methods:
-
-- ``init(position, potential, warmup_steps) -> HMCState``: chains at ``position`` ``(C, D)``;
-- ``refresh(state, potential) -> HMCState``: the same positions, with the cached potential
-  energy and gradient recomputed (the parameters, or the data, may have changed since the
-  state was made: an energy left stale would bias every later Metropolis test);
-- ``warmup(state, potential, num_steps) -> (HMCState, HMCInfo)``: adapt, then report;
-- ``step(state, potential) -> (HMCState, HMCInfo)``: one transition.
+"""Samplers from functional steps (:class:`BatchedKernel`), and :func:`make_sampler`, which
+turns what a user passes as ``kernel`` (a name, a Pyro kernel, a step function, a sampler)
+into a :class:`~pyro_lvmle.samplers.Sampler`.
 
 :class:`BatchedKernel` wraps the functional :func:`~pyro_lvmle.samplers.hmc_step`,
-:func:`~pyro_lvmle.samplers.mala_step` or :func:`~pyro_lvmle.samplers.ula_step`;
-:class:`~pyro_lvmle.samplers.PyroKernel` wraps Pyro's own ``NUTS``/``HMC``.
+:func:`~pyro_lvmle.samplers.mala_step`, :func:`~pyro_lvmle.samplers.ula_step` (or any step
+of the same form) with its warm-up; :class:`~pyro_lvmle.samplers.PyroKernel` wraps Pyro's
+own ``NUTS``/``HMC``. Both implement the :class:`~pyro_lvmle.samplers.Sampler` protocol.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .hmc import HMCInfo, HMCState, hmc_init, hmc_step, mala_step, stack_info, ula_step
+from .._checks import check_positive
+from .base import ChainState, StepInfo, stack_info
+from .hmc import dual_averaging_init, hmc_init, hmc_step, mala_step, ula_step
 from .warmup import warmup as _warmup
 
-__all__ = ["BATCHED_STEPS", "BatchedKernel"]
+__all__ = ["BATCHED_STEPS", "BatchedKernel", "make_sampler"]
 
 
 class BatchedKernel:
     """A functional step (:func:`~pyro_lvmle.samplers.hmc_step` or a partial of it) with its
     warm-up settings, as a sampler.
 
-    :param step: the transition, ``step(state, potential, **step_kwargs) -> (state, info)``.
+    :param step: the transition, ``step(state, target, **step_kwargs) -> (state, info)``.
     :param float step_size: the initial step size.
     :param bool adapt_step_size: dual-average the step size during warm-up.
     :param bool adapt_mass: adapt the diagonal mass matrix during warm-up.
@@ -60,16 +55,13 @@ class BatchedKernel:
                  track_rate: float = 0.02, **step_kwargs):
         if not callable(step):
             raise TypeError(f"BatchedKernel: step must be callable, got {type(step).__name__}")
-        if not (isinstance(step_size, (int, float)) and step_size > 0):
-            raise ValueError(f"BatchedKernel: step_size must be a positive float, got "
-                             f"{step_size!r}")
+        step_size = check_positive("BatchedKernel", "step_size", step_size)
         self.step_fn = step
         self.step_size = float(step_size)
         self.adapt_step_size = bool(adapt_step_size)
         self.adapt_mass = bool(adapt_mass)
         self.shared_step_size = bool(shared_step_size)
-        if not (isinstance(track_rate, (int, float)) and track_rate >= 0):
-            raise ValueError(f"BatchedKernel: track_rate must be >= 0, got {track_rate!r}")
+        track_rate = check_positive("BatchedKernel", "track_rate", track_rate, allow_zero=True)
         self.track_rate = float(track_rate) if self.adapt_step_size else 0.0
         self.target_accept = _keyword(step, step_kwargs, "target_accept", 0.8)
         self.step_kwargs = step_kwargs
@@ -79,37 +71,36 @@ class BatchedKernel:
             getattr(self.step_fn, "func", None), "__name__", repr(self.step_fn))
         return f"BatchedKernel({name}, step_size={self.step_size}, {self.step_kwargs})"
 
-    def init(self, position: torch.Tensor, potential, warmup_steps: int = 0) -> HMCState:
-        """Chains at ``position`` ``(C, D)`` with the initial step size and unit mass.
+    def init(self, position: torch.Tensor, target, *, like: ChainState | None = None
+             ) -> ChainState:
+        """Chains at ``position`` ``(C, D)``: the initial step size and unit mass, or those
+        of ``like`` (an earlier state of the same chains), with the energy computed for
+        ``target`` (the parameters or the data may have changed since ``like`` was made: an
+        energy left stale would bias every later Metropolis test).
 
-        :param torch.Tensor position: unconstrained starting points.
-        :param potential: the target, a :class:`~pyro_lvmle.traces.Potential`.
-        :param int warmup_steps: unused (the batched warm-up needs no set-up).
+        :param torch.Tensor position: starting points.
+        :param target: the target (e.g. a :class:`~pyro_lvmle.traces.Potential`).
+        :param ChainState like: the state whose adaptation to keep.
         """
-        return hmc_init(position, potential, step_size=self.step_size)
+        if like is None:
+            return hmc_init(position, target, step_size=self.step_size)
+        energy, grad = target.value_and_grad(position)
+        return like._replace(position=position.detach(), potential_energy=energy, grad=grad)
 
-    def refresh(self, state: HMCState, potential) -> HMCState:
-        """``state`` with its potential energy and gradient recomputed for ``potential``.
-
-        :param HMCState state: the chains.
-        :param potential: the (possibly changed) target.
-        """
-        energy, grad = potential.value_and_grad(state.position)
-        return state._replace(potential_energy=energy, grad=grad)
-
-    def warmup(self, state: HMCState, potential, num_steps: int) -> tuple[HMCState, HMCInfo]:
+    def warmup(self, state: ChainState, target, num_steps: int) -> tuple[ChainState, StepInfo]:
         """Adapt over ``num_steps`` transitions (:func:`~pyro_lvmle.samplers.warmup`); an
         unadjusted step (ULA) warms up with the Metropolis correction on.
 
-        :param HMCState state: the chains.
-        :param potential: the target.
+        :param ChainState state: the chains.
+        :param target: the target.
         :param int num_steps: warm-up transitions.
         :returns: the adapted state and the stacked infos of the warm-up.
         """
+        state = state._replace(adaptation=dual_averaging_init(state.step_size))
         if not self.adapt_step_size:
             infos = []
             for _ in range(num_steps):
-                state, info = self.step(state, potential)
+                state, info = self.step(state, target)
                 infos.append(info)
             return state, stack_info(infos, state)
         # an unadjusted kernel warms up adjusted: before the step size has shrunk to the
@@ -117,18 +108,18 @@ class BatchedKernel:
         step_kwargs = dict(self.step_kwargs)
         if not _keyword(self.step_fn, step_kwargs, "metropolis", True):
             step_kwargs["metropolis"] = True
-        result = _warmup(state, potential, num_steps, step=self.step_fn,
+        result = _warmup(state, target, num_steps, step=self.step_fn,
                          adapt_mass=self.adapt_mass, shared_step_size=self.shared_step_size,
                          **step_kwargs)
         return result.state, result.info
 
-    def step(self, state: HMCState, potential) -> tuple[HMCState, HMCInfo]:
+    def step(self, state: ChainState, target) -> tuple[ChainState, StepInfo]:
         """One transition of every chain.
 
-        :param HMCState state: the chains.
-        :param potential: the target.
+        :param ChainState state: the chains.
+        :param target: the target.
         """
-        state, info = self.step_fn(state, potential, **self.step_kwargs)
+        state, info = self.step_fn(state, target, **self.step_kwargs)
         if self.track_rate:
             accept = info.accept_prob.mean().expand_as(info.accept_prob) \
                 if self.shared_step_size else info.accept_prob
@@ -144,5 +135,66 @@ def _keyword(fn, kwargs, name, default):
     return getattr(fn, "keywords", {}).get(name, default)
 
 
+
+
 #: the batched samplers by name, as :class:`~pyro_lvmle.MCMCGradient` accepts them
 BATCHED_STEPS = {"hmc": hmc_step, "mala": mala_step, "ula": ula_step}
+
+
+def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size: bool = True,
+                 num_steps: int = 10, target_accept: float | None = None,
+                 adapt_mass: bool = True, shared_step_size: bool = False,
+                 max_plate_nesting: int | None = None):
+    """The :class:`~pyro_lvmle.samplers.Sampler` that ``kernel`` names.
+
+    :param kernel: ``"nuts"`` (Pyro's NUTS on ``model``, one kernel per chain), ``"hmc"``
+        (batched, ``num_steps`` leapfrog steps with a jittered step size), ``"mala"``,
+        ``"ula"``; a ``pyro.infer.HMC``/``NUTS`` kernel; a functional step such as
+        :func:`~pyro_lvmle.samplers.hmc_step` (or a ``functools.partial`` of one); or a
+        sampler, returned as it is.
+    :param model: the Pyro model, needed for ``"nuts"`` only.
+    :param float step_size: the batched kernels' initial step size.
+    :param bool adapt_step_size: adapt the step size during warm-up.
+    :param int num_steps: leapfrog steps per ``"hmc"`` transition.
+    :param float target_accept: the acceptance rate adaptation aims for (0.8 for HMC and
+        NUTS, 0.574 for MALA, 0.9 for ULA by default).
+    :param bool adapt_mass: adapt a diagonal mass matrix during warm-up.
+    :param bool shared_step_size: one step size for all chains (batched kernels).
+    :param int max_plate_nesting: passed to Pyro's NUTS.
+
+    Example::
+
+        >>> from pyro_lvmle.samplers import make_sampler
+        >>> sampler = make_sampler("mala", step_size=0.5)
+        >>> type(sampler).__name__, sampler.step_size
+        ('BatchedKernel', 0.5)
+    """
+    from pyro.infer.mcmc import HMC, NUTS
+
+    from .base import Sampler
+    from .pyro_kernel import PyroKernel
+
+    options = dict(step_size=step_size, adapt_step_size=adapt_step_size,
+                   adapt_mass=adapt_mass, shared_step_size=shared_step_size)
+    if isinstance(kernel, str):
+        if kernel == "nuts":
+            if model is None:
+                raise ValueError("make_sampler: kernel='nuts' needs the model")
+            return PyroKernel(NUTS(model, max_plate_nesting=max_plate_nesting,
+                                   target_accept_prob=target_accept or 0.8))
+        if kernel not in BATCHED_STEPS:
+            raise ValueError(f"unknown kernel {kernel!r}; use 'nuts', "
+                             f"{', '.join(repr(k) for k in BATCHED_STEPS)}, a Pyro HMC/NUTS "
+                             "kernel, a step function or a sampler")
+        step_kwargs = {"num_steps": num_steps, "jitter": 0.5} if kernel == "hmc" else {}
+        if target_accept is not None or kernel == "ula":
+            step_kwargs["target_accept"] = target_accept or 0.9
+        return BatchedKernel(BATCHED_STEPS[kernel], **options, **step_kwargs)
+    if isinstance(kernel, HMC):
+        return PyroKernel(kernel)
+    if isinstance(kernel, Sampler):
+        return kernel
+    if callable(kernel):
+        return BatchedKernel(kernel, **options)
+    raise TypeError(f"kernel must be a name, a Pyro HMC/NUTS kernel, a step function or a "
+                    f"sampler, got {type(kernel).__name__}")

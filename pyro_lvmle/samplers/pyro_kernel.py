@@ -7,8 +7,8 @@ optimization step throws the adaptation away. :class:`PyroKernel` drives the ker
 then advanced a few transitions per call with its step size and mass matrix kept.
 
 Between calls the model's parameters change, so the potential energy a kernel cached for
-its current position is stale: :meth:`PyroKernel.refresh` clears the cache, and the next
-transition recomputes the energy under the current parameters (skipping that biases every
+its current position is stale: :meth:`PyroKernel.init` with ``like=`` clears the cache, and
+the next transition recomputes the energy under the current parameters (skipping that biases every
 Metropolis test, or NUTS's multinomial weights, that follows a parameter update).
 """
 
@@ -18,7 +18,9 @@ import copy
 
 import torch
 
-from .hmc import HMCInfo, HMCState, dual_averaging_init, stack_info
+from ..traces.params import _cuda_devices
+from .base import ChainState, StepInfo, stack_info
+from .hmc import dual_averaging_init
 
 __all__ = ["PyroKernel"]
 
@@ -33,8 +35,9 @@ class PyroKernel:
     The positions are those of :class:`~pyro_lvmle.traces.Potential` (flat, unconstrained,
     by the same ``biject_to`` transforms Pyro uses). The state's ``step_size`` and
     ``inverse_mass`` report each kernel's (only a diagonal mass is reported); its
-    ``adaptation`` field is unused, since Pyro's kernels adapt themselves during the
-    ``warmup_steps`` given to :meth:`init`.
+    ``adaptation`` field is unused, since Pyro's kernels adapt themselves during
+    :meth:`warmup`. The per-chain Pyro kernels are this adapter's own state (Pyro keeps its
+    adaptation inside them); what a saved state needs of them is in the :class:`ChainState`.
 
     Example::
 
@@ -45,7 +48,7 @@ class PyroKernel:
         >>> data = model.simulate(3)
         >>> potential = Potential(model, (data,))
         >>> sampler = PyroKernel(pyro.infer.NUTS(model))
-        >>> state = sampler.init(torch.zeros(2, potential.dim), potential, warmup_steps=20)
+        >>> state = sampler.init(torch.zeros(2, potential.dim), potential)
         >>> state, info = sampler.warmup(state, potential, 20)
         >>> state, info = sampler.step(state, potential)
         >>> state.position.shape
@@ -71,40 +74,65 @@ class PyroKernel:
     def __repr__(self) -> str:
         return f"PyroKernel({type(self.kernel).__name__})"
 
-    def init(self, position: torch.Tensor, potential, warmup_steps: int = 0) -> HMCState:
-        """Set one copy of the kernel up per chain at ``position`` ``(C, D)``, ready for
-        ``warmup_steps`` adapting transitions (Pyro's own schedule).
+    def init(self, position: torch.Tensor, potential, *, like: ChainState | None = None
+             ) -> ChainState:
+        """Chains at ``position`` ``(C, D)``.
+
+        Without ``like``, the chains are new: :meth:`warmup` (or the first :meth:`step`, with
+        no adaptation) sets one copy of the kernel up per chain, Pyro's initial step size
+        search included, and the state reports ``nan`` energies and step sizes until then.
+        With ``like`` (an earlier state of these chains) the kernels keep their adaptation.
+        Already set up, each forgets its cached energy (recomputed under the current
+        parameters by the next transition) and rebuilds its potential if the data changed.
+        Set up for the first time in this process (a run resumed from a saved state), the
+        set-up's random draws leave the global RNG untouched. Either way each kernel gets
+        the step size and diagonal inverse mass of ``like``.
 
         :param torch.Tensor position: unconstrained starting points.
         :param potential: the :class:`~pyro_lvmle.traces.Potential` of the kernel's model.
-        :param int warmup_steps: how many of the coming transitions adapt.
+        :param ChainState like: the state whose adaptation to keep.
+        :raises ValueError: for latent sites in a subsampled plate (Pyro's kernels are set up
+            for fixed data), or when restoring a kernel with a dense mass matrix, which the
+            state does not hold.
         """
         if potential.batched_plates:
             raise ValueError(
                 "PyroKernel: latent sites in a subsampled plate need per-datum chains; Pyro's "
                 "kernels are set up for fixed data, use kernel='hmc' or 'mala' instead"
             )
+        if like is None:  # set up by warmup(), or by the first step() without one
+            self.kernels = None
+            return _unset_state(position)
+        if self.kernels is None or len(self.kernels) != position.shape[0]:
+            with torch.random.fork_rng(devices=_cuda_devices()):
+                self._setup(position, potential, 0)
+            self._restore(like, potential, strict=True)
+        else:
+            self._restore(like, potential, strict=False)
+            if not _same_args(self._args, (potential.args, potential.kwargs)):
+                for kernel in self.kernels:
+                    kernel._initialize_model_properties(potential.args, potential.kwargs)
+                self._args = (potential.args, potential.kwargs)
+            for kernel in self.kernels:
+                kernel.clear_cache()
+        return self._state(position, potential)
+
+    def _setup(self, position, potential, warmup_steps):
         self.kernels = [copy.deepcopy(self.kernel) for _ in range(position.shape[0])]
-        for kernel, params in zip(self.kernels, self._split(position, potential), strict=False):
+        for kernel, params in zip(self.kernels, self._split(position, potential), strict=True):
             kernel.initial_params = params
             kernel.setup(warmup_steps, *potential.args, **potential.kwargs)
         self._args = (potential.args, potential.kwargs)
-        return self._state(position, potential)
 
-    def restore(self, state: HMCState, potential) -> bool:
-        """Give each (set-up) kernel the step size and diagonal inverse mass of ``state``, as
-        a saved state recorded them after warm-up, so that a reloaded run continues without
-        adapting again.
-
-        :param HMCState state: per-chain ``step_size`` ``(C,)`` and ``inverse_mass``
-            ``(C, D)``.
-        :param potential: the target (gives the sites' layout).
-        :returns: ``False`` (and nothing changed) when a kernel uses a dense mass block, which
-            the state does not hold.
-        """
-        self._check_ready()
+    def _restore(self, state: ChainState, potential, strict: bool) -> None:
+        """Give each kernel the step size and diagonal inverse mass of ``state`` (a kernel
+        with a dense mass keeps its own, or raises when ``strict``)."""
         if any(m.dim() != 1 for k in self.kernels for m in k.inverse_mass_matrix.values()):
-            return False
+            if not strict:
+                return
+            raise ValueError("PyroKernel: a kernel with a dense mass matrix (full_mass) cannot "
+                             "be restored from a saved state, which holds a diagonal; use a "
+                             "diagonal mass or warm up again")
         offsets = {site.name: site for site in potential.sites}
         for kernel, step_size, diagonal in zip(self.kernels, state.step_size,
                                                state.inverse_mass, strict=True):
@@ -115,44 +143,32 @@ class PyroKernel:
                     diagonal[offsets[n].offset:offsets[n].offset + offsets[n].numel]
                     for n in names])
             kernel.mass_matrix_adapter.inverse_mass_matrix = blocks
-        return True
 
-    def refresh(self, state: HMCState, potential) -> HMCState:
-        """Forget each kernel's cached energy (recomputed under the current parameters by the
-        next transition), and rebuild its potential if the data changed.
+    def warmup(self, state: ChainState, potential, num_steps: int
+               ) -> tuple[ChainState, StepInfo]:
+        """Set the kernels up afresh at the chains' positions with Pyro's adaptation schedule
+        for ``num_steps`` transitions, and run them.
 
-        :param HMCState state: the chains.
-        :param potential: the target.
-        """
-        self._check_ready()
-        if not _same_args(self._args, (potential.args, potential.kwargs)):
-            for kernel in self.kernels:
-                kernel._initialize_model_properties(potential.args, potential.kwargs)
-            self._args = (potential.args, potential.kwargs)
-        for kernel in self.kernels:
-            kernel.clear_cache()
-        return self._state(state.position, potential)
-
-    def warmup(self, state: HMCState, potential, num_steps: int) -> tuple[HMCState, HMCInfo]:
-        """Run ``num_steps`` transitions (adapting while within the kernels' warm-up).
-
-        :param HMCState state: the chains.
+        :param ChainState state: the chains.
         :param potential: the target.
         :param int num_steps: transitions.
         """
+        self._setup(state.position, potential, num_steps)
+        state = self._state(state.position, potential)
         infos = []
         for _ in range(num_steps):
             state, info = self.step(state, potential)
             infos.append(info)
         return state, stack_info(infos, state)
 
-    def step(self, state: HMCState, potential) -> tuple[HMCState, HMCInfo]:
+    def step(self, state: ChainState, potential) -> tuple[ChainState, StepInfo]:
         """One transition of every chain, by its own kernel.
 
-        :param HMCState state: the chains.
+        :param ChainState state: the chains.
         :param potential: the target.
         """
-        self._check_ready()
+        if self.kernels is None:
+            self._setup(state.position, potential, 0)
         accept, divergent, rows = [], [], []
         split = self._split(state.position, potential)
         for kernel, params in zip(self.kernels, split, strict=True):
@@ -167,17 +183,13 @@ class PyroKernel:
         position = torch.stack(rows)
         new_state = self._state(position, potential)
         like = state.potential_energy
-        info = HMCInfo(
+        info = StepInfo(
             like.new_tensor(accept).clamp(0.0, 1.0),
             (position != state.position).any(-1),
             torch.tensor(divergent, device=like.device),
             torch.full_like(like, float("nan")),
         )
         return new_state, info
-
-    def _check_ready(self):
-        if self.kernels is None:
-            raise RuntimeError("PyroKernel: call init() before refresh(), warmup() or step()")
 
     @staticmethod
     def _split(position, potential):
@@ -198,8 +210,15 @@ class PyroKernel:
             energies.append(float("nan") if energy is None else float(energy))
             grads.append(torch.cat([z_grads[s.name].reshape(-1) for s in potential.sites])
                          if z_grads else position.new_full((potential.dim,), float("nan")))
-        return HMCState(position.detach(), position.new_tensor(energies), torch.stack(grads),
+        return ChainState(position.detach(), position.new_tensor(energies), torch.stack(grads),
                         step_size, inverse_mass, dual_averaging_init(step_size))
+
+
+def _unset_state(position):
+    """The state of chains whose kernels are not set up yet."""
+    nan = position.new_full(position.shape[:1], float("nan"))
+    return ChainState(position.detach(), nan, torch.full_like(position, float("nan")), nan,
+                      torch.ones_like(position), dual_averaging_init(nan))
 
 
 def _diagonal(kernel, potential):

@@ -9,9 +9,11 @@ its batch's rows and scatters them back: a datum outside the batch keeps its cha
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .hmc import DualAveraging, HMCState
+from .base import ChainState, DualAveraging
 
 __all__ = ["ChainStore"]
 
@@ -49,6 +51,9 @@ class ChainStore:
             posterior needs all the data), or in two subsampled plates.
         """
         batched = potential.batched_plates
+        if any(self.position[site.name].shape != self._full_shape(site)
+               for site in potential.sites if site.name in self.position):
+            self.reset()  # other data (a larger data set): these chains belong to none of it
         for site in potential.sites:
             if batched and not {p for p, _, _ in site.subsampled} & batched:
                 raise ValueError(
@@ -61,14 +66,33 @@ class ChainStore:
                                  "plate; subsample one of its plates at a time")
             if site.name in self.position:
                 continue
-            shape = [self.num_chains] + list(site.batched_shape[1:])
-            for plate, axis, full_size in site.subsampled:
-                shape[axis] = full_size
+            shape = self._full_shape(site)
+            for plate, _, full_size in site.subsampled:
                 self.visited.setdefault(plate, torch.zeros(full_size, dtype=torch.bool,
                                                            device=like.device))
             self.position[site.name] = like.new_zeros(shape)
             self.inverse_mass[site.name] = like.new_ones(shape)
         self.visited.setdefault("", torch.zeros(1, dtype=torch.bool, device=like.device))
+
+    def _full_shape(self, site) -> torch.Size:
+        shape = [self.num_chains] + list(site.batched_shape[1:])
+        for _, axis, full_size in site.subsampled:
+            shape[axis] = full_size
+        return torch.Size(shape)
+
+    def like(self, potential) -> ChainState | None:
+        """The kept adaptation (step sizes, the batch's inverse masses) as a state for a
+        sampler's ``init(..., like=)``; ``None`` before any chain ran. Its energies are
+        ``nan``: the sampler recomputes them.
+
+        :param potential: the current potential.
+        """
+        if self.step_size is None:
+            return None
+        position = self.gather("position", potential)
+        nan = position.new_full((self.num_chains,), math.nan)
+        return ChainState(position, nan, torch.full_like(position, math.nan), self.step_size,
+                          self.gather("inverse_mass", potential), self.adaptation)
 
     def all_seen(self, potential) -> bool:
         """Whether every chain of the potential's batch has run before.
@@ -99,12 +123,12 @@ class ChainStore:
             parts.append(value.reshape(self.num_chains, -1))
         return torch.cat(parts, -1)
 
-    def save(self, potential, state: HMCState) -> None:
+    def save(self, potential, state: ChainState) -> None:
         """Scatter the batch's positions and masses back, keep the step sizes and
         adaptation, and mark the batch seen.
 
         :param potential: the current potential.
-        :param HMCState state: the chains after this call's transitions.
+        :param ChainState state: the chains after this call's transitions.
         """
         for which, flat in (("position", state.position),
                             ("inverse_mass", state.inverse_mass)):

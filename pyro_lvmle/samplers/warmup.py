@@ -6,7 +6,8 @@ from typing import NamedTuple
 
 import torch
 
-from .hmc import HMCInfo, HMCState, dual_averaging_init, hmc_step, stack_info
+from .base import ChainState, StepInfo, stack_info
+from .hmc import dual_averaging_init, hmc_step
 
 __all__ = ["WarmupResult", "warmup", "warmup_windows"]
 
@@ -14,12 +15,12 @@ __all__ = ["WarmupResult", "warmup", "warmup_windows"]
 class WarmupResult(NamedTuple):
     """The adapted chains and what warm-up saw.
 
-    :ivar HMCState state: the chains after warm-up, step size set to the dual average.
-    :ivar HMCInfo info: every warm-up transition's info, stacked: ``(warmup_steps, C)``.
+    :ivar ChainState state: the chains after warm-up, step size set to the dual average.
+    :ivar StepInfo info: every warm-up transition's info, stacked: ``(warmup_steps, C)``.
     """
 
-    state: HMCState
-    info: HMCInfo
+    state: ChainState
+    info: StepInfo
 
     @property
     def accept_prob(self) -> torch.Tensor:
@@ -48,7 +49,7 @@ def warmup_windows(num_steps: int) -> list[tuple[int, int]]:
     return windows
 
 
-def warmup(state: HMCState, potential, warmup_steps: int, *, step=hmc_step,
+def warmup(state: ChainState, potential, warmup_steps: int, *, step=hmc_step,
            adapt_mass: bool = True, shared_step_size: bool = False,
            **step_kwargs) -> WarmupResult:
     r"""Adapt the step size and the diagonal mass matrix over ``warmup_steps`` transitions.
@@ -58,7 +59,7 @@ def warmup(state: HMCState, potential, warmup_steps: int, *, step=hmc_step,
     positions' variance, pooled over the window and over chains and shrunk towards
     :math:`10^{-3}` as Stan does: :math:`\frac{n}{n+5}\hat\sigma^2 + 10^{-3}\frac{5}{n+5}`.
 
-    :param HMCState state: the initial chains.
+    :param ChainState state: the initial chains.
     :param potential: provides ``value_and_grad``.
     :param int warmup_steps: warm-up transitions.
     :param step: the transition, :func:`~pyro_lvmle.samplers.hmc_step` or

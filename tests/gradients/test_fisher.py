@@ -162,7 +162,7 @@ def test_mini_batches_keep_every_datum_chain():
     loss = lv.MCMCGradient("hmc", num_chains=4, warmup_steps=100, num_steps=3)
     loss.differentiable_loss(model, lv.empty_guide, data, subsample_size=12)  # all data seen
     before = loss.state_dict()["position"]["z"].clone()
-    potential, _ = loss.advance(model, data, subsample_size=4)
+    potential = loss.draw(model, (data,), {"subsample_size": 4}).potential
     batch = potential.subsample_indices["data"]
     after = loss.state_dict()["position"]["z"]
     others = torch.ones(12, dtype=torch.bool)
@@ -300,7 +300,7 @@ def test_nested_plates_keep_per_datum_chains_and_globals_are_refused_with_mini_b
     loss = lv.MCMCGradient("mala", num_chains=2, warmup_steps=20)
     loss.loss(model, lv.empty_guide, x)
     before = loss.state_dict()["position"]["z"].clone()
-    potential, _ = loss.advance(model, x, subsample_size=4)
+    potential = loss.draw(model, (x,), {"subsample_size": 4}).potential
     others = torch.ones(10, dtype=torch.bool)
     others[potential.subsample_indices["data"]] = False
     after = loss.state_dict()["position"]["z"]

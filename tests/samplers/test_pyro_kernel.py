@@ -33,10 +33,10 @@ def one_transition_after_a_parameter_change(sampler, refresh, num_chains):
     x = torch.tensor(0.5)
     potential = Potential(shifted, (x,))
     draws = x + torch.randn(num_chains, 1)
-    state = sampler.init(draws, potential, warmup_steps=0)
+    state = sampler.init(draws, potential)
     pyro.get_param_store()["shift"] = torch.tensor(30.0)
     if refresh:
-        state = sampler.refresh(state, potential)
+        state = sampler.init(state.position, potential, like=state)
     state, _ = sampler.step(state, potential)
     return state.position[:, 0] - x
 
@@ -92,6 +92,3 @@ def test_pyro_kernel_bad_input():
         PyroKernel(pyro.infer.NUTS(potential_fn=lambda z: 0.0))
     with pytest.raises(ValueError, match="jit_compile"):
         PyroKernel(pyro.infer.NUTS(shifted, jit_compile=True))
-    with pytest.raises(RuntimeError, match="init"):
-        sampler = PyroKernel(pyro.infer.NUTS(shifted))
-        sampler.step(None, None)
