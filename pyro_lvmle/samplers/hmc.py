@@ -74,12 +74,16 @@ class HMCInfo(NamedTuple):
     :ivar torch.Tensor accepted: whether the proposal was taken.
     :ivar torch.Tensor divergent: energy error above 1000 or not finite.
     :ivar torch.Tensor energy_error: :math:`H(q', p') - H(q, p)`.
+    :ivar discrete_accept_prob: for a step that also moved discrete coordinates
+        (:func:`~pyro_lvmle.samplers.mixed_step`), their mean acceptance probability per
+        chain; ``None`` otherwise.
     """
 
     accept_prob: torch.Tensor
     accepted: torch.Tensor
     divergent: torch.Tensor
     energy_error: torch.Tensor
+    discrete_accept_prob: torch.Tensor | None = None
 
 
 def hmc_init(position: torch.Tensor, potential, *, step_size: float = 0.1,
@@ -219,7 +223,8 @@ def stack_info(infos: list[HMCInfo], state: HMCState) -> HMCInfo:
     :param HMCState state: gives the chain count, dtype and device of an empty result.
     """
     if infos:
-        return HMCInfo(*(torch.stack(field) for field in zip(*infos, strict=True)))
+        return HMCInfo(*(None if any(f is None for f in field) else torch.stack(field)
+                         for field in zip(*infos, strict=True)))
     empty = state.position.new_zeros((0, state.position.shape[0]))
     return HMCInfo(empty, empty.bool(), empty.bool(), empty)
 
