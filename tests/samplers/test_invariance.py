@@ -10,7 +10,8 @@ that one transition drifts far enough for the check to see it (else the test has
 
 To add a kernel, add a line to ``KERNELS``: :func:`functional` wraps a step function,
 :func:`protocol` anything with the sampler protocol's ``init`` and ``step`` (e.g. Pyro's NUTS
-through :class:`~pyro_lvmle.samplers.PyroKernel`). To add a target, give it ``sample(n)``,
+through :class:`~pyro_lvmle.samplers.PyroKernel`, with fewer chains: ``num_chains=500``, as
+it loops over them). To add a target, give it ``sample(n)``,
 ``exact_moments()`` (or leave it out: the truth is then estimated from ten times as many exact
 draws) and the target protocol. Then add a ``(kernel, target)`` line to ``CASES``.
 
@@ -350,19 +351,22 @@ class Tilted:
 # ---------------------------------------------------------------------------------- kernels
 
 
-def functional(step, step_size=0.1, **kwargs):
-    """One transition of a functional ``step(state, target, **kwargs)``, step size fixed."""
+def functional(step, step_size=0.1, num_chains=NUM_CHAINS, **kwargs):
+    """One transition of a functional ``step(state, target, **kwargs)``, step size fixed,
+    applied to ``num_chains`` exact draws."""
 
     def move(position, target):
         state = hmc_init(position, target, step_size=step_size)
         state, _ = step(state, target, **kwargs)
         return state.position
 
+    move.num_chains = num_chains
     return move
 
 
-def protocol(make_sampler):
-    """One transition of a sampler with the protocol's ``init`` and ``step``."""
+def protocol(make_sampler, num_chains=NUM_CHAINS):
+    """One transition of a sampler with the protocol's ``init`` and ``step``, applied to
+    ``num_chains`` exact draws."""
 
     def move(position, target):
         sampler = make_sampler()
@@ -370,6 +374,7 @@ def protocol(make_sampler):
         state, _ = sampler.step(state, target)
         return state.position
 
+    move.num_chains = num_chains
     return move
 
 
@@ -425,14 +430,14 @@ def _statistics(x):
     return torch.cat([x, x[:, i] * x[:, j]], -1)
 
 
-def exact_statistics(target):
-    """The exact moments, or an estimate from ten times ``NUM_CHAINS`` exact draws with the
+def exact_statistics(target, num_chains):
+    """The exact moments, or an estimate from ten times ``num_chains`` exact draws with the
     factor its own error adds to the tolerance."""
     if hasattr(target, "exact_moments"):
         mean, second = target.exact_moments()
         i, j = torch.triu_indices(len(mean), len(mean))
         return torch.cat([mean, second[i, j]]), 1.0
-    return _statistics(target.sample(10 * NUM_CHAINS)).mean(0), math.sqrt(1.1)
+    return _statistics(target.sample(10 * num_chains)).mean(0), math.sqrt(1.1)
 
 
 def check_moments(moved, exact, truth, inflate=1.0):
@@ -445,14 +450,14 @@ def check_moments(moved, exact, truth, inflate=1.0):
 
 
 def _one_transition(kernel_name, target_name, tilted=False):
-    target = TARGETS[target_name]()
-    truth, inflate = exact_statistics(target)
-    exact = target.sample(NUM_CHAINS)
+    target, kernel = TARGETS[target_name](), KERNELS[kernel_name]
+    truth, inflate = exact_statistics(target, kernel.num_chains)
+    exact = target.sample(kernel.num_chains)
     aim = target
     if tilted:  # one standard deviation per coordinate: |z| >= 7 in every case
         spread = _statistics(exact)[:, :target.dim].std(0)
         aim = Tilted(target, 1.0 / spread)
-    moved = KERNELS[kernel_name](exact, aim)
+    moved = kernel(exact, aim)
     return exact, moved, truth, inflate
 
 
