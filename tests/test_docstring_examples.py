@@ -21,6 +21,7 @@ MODULES = [
     "pyro_lvmle.traces.potential",
     "pyro_lvmle.samplers.kernels",
     "pyro_lvmle.samplers.pyro_kernel",
+    "pyro_lvmle.samplers.discrete",
     "pyro_lvmle.gradients.fisher",
     "pyro_lvmle.gradients.information",
     "pyro_lvmle.traces.enum",

@@ -1,8 +1,10 @@
 """Samplers: one protocol (:class:`Sampler` moving the chains of a :class:`Target`, one
-:class:`ChainState` for every sampler), batched HMC, MALA and ULA as pure ``init``/``step``
-functions with their warm-up (dual averaging, diagonal mass), :class:`BatchedKernel` (a step
-function as a sampler), Pyro's own NUTS/HMC behind the same protocol (:class:`PyroKernel`),
-:func:`make_sampler`, and the per-datum store of persistent chains (:class:`ChainStore`).
+:class:`ChainState` for every sampler); batched HMC, MALA and ULA as pure ``init``/``step``
+functions with their warm-up (dual averaging, diagonal mass); discrete steps
+(Metropolis-within-Gibbs, Gibbs-with-gradients) and their composite with a gradient step
+(:func:`mixed_step`); :class:`BatchedKernel` (a step function as a sampler), Pyro's own
+NUTS/HMC behind the same protocol (:class:`PyroKernel`), :func:`make_sampler`, and the
+per-datum store of persistent chains (:class:`ChainStore`).
 """
 
 from .base import (
@@ -13,6 +15,12 @@ from .base import (
     Target,
     chain_diagnostics,
     stack_info,
+)
+from .discrete import (
+    DiscreteBlock,
+    gibbs_with_gradients_step,
+    metropolis_within_gibbs_step,
+    mixed_step,
 )
 from .hmc import (
     HMCInfo,
@@ -34,6 +42,7 @@ __all__ = [
     "BatchedKernel",
     "ChainState",
     "ChainStore",
+    "DiscreteBlock",
     "DualAveraging",
     "HMCInfo",
     "HMCState",
@@ -45,10 +54,13 @@ __all__ = [
     "chain_diagnostics",
     "dual_averaging_init",
     "dual_averaging_update",
+    "gibbs_with_gradients_step",
     "hmc_init",
     "hmc_step",
     "make_sampler",
     "mala_step",
+    "metropolis_within_gibbs_step",
+    "mixed_step",
     "stack_info",
     "ula_step",
     "warmup",

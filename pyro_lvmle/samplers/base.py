@@ -81,12 +81,16 @@ class StepInfo(NamedTuple):
     :ivar torch.Tensor divergent: energy error above 1000 or not finite.
     :ivar torch.Tensor energy_error: :math:`H(q', p') - H(q, p)` (``nan`` where a kernel does
         not report it).
+    :ivar discrete_accept_prob: for a step that also moved discrete coordinates
+        (:func:`~pyro_lvmle.samplers.mixed_step`), their mean acceptance probability per
+        chain; ``None`` otherwise.
     """
 
     accept_prob: torch.Tensor
     accepted: torch.Tensor
     divergent: torch.Tensor
     energy_error: torch.Tensor
+    discrete_accept_prob: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -133,7 +137,8 @@ def stack_info(infos: list[StepInfo], state: ChainState) -> StepInfo:
     :param ChainState state: gives the chain count, dtype and device of an empty result.
     """
     if infos:
-        return StepInfo(*(torch.stack(field) for field in zip(*infos, strict=True)))
+        return StepInfo(*(None if any(f is None for f in field) else torch.stack(field)
+                          for field in zip(*infos, strict=True)))
     empty = state.position.new_zeros((0, state.position.shape[0]))
     return StepInfo(empty, empty.bool(), empty.bool(), empty)
 
