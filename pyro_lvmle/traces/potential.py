@@ -10,6 +10,12 @@ constrained site values.
 Discrete latent sites marked for parallel enumeration (``infer={"enumerate": "parallel"}``,
 e.g. by :func:`~pyro.infer.enum.config_enumerate`) are summed out exactly, as Pyro's HMC does:
 the energy is that of the continuous latents with the discrete ones marginalized.
+
+A model written for one sample (``u[herd]``, ``z @ W``, ``x[:, 0]``) breaks under the chain
+plate; for it the potential evaluates each chain in the model's own shapes under
+:func:`torch.func.vmap` instead (:mod:`pyro_lvmle.traces.vmap`), choosing automatically.
+:meth:`Potential.tempered` gives the tempered target :math:`\\log p(z) + \\beta \\log p(x \\mid z)`
+with one :math:`\\beta` per chain.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pyro.ops.contract import contract_to_tensor
 from torch.distributions import biject_to
 
 from .particles import _is_subsample, guess_max_plate_nesting
-from .vmap import choose_vectorization, prior_draws, vmap_energy
+from .vmap import _prior_draws, _vmap_energy, choose_vectorization
 
 __all__ = ["CHAIN_PLATE", "LatentSite", "Potential"]
 
@@ -72,8 +78,9 @@ class Potential:
         (:func:`torch.func.vmap` over chains: the model sees one chain in the shapes it was
         written for, so ``u[herd]``, ``z @ W``, ``x[:, 0]`` work), or ``None`` to choose
         automatically (:func:`~pyro_lvmle.traces.vmap.choose_vectorization`: the plate path
-        where it gives the energies of the model run one chain at a time, else vmap). The
-        choice is :attr:`vectorization`.
+        where it gives the energies of the model run one chain at a time, else vmap; it costs
+        about three model runs, so a caller building many potentials of one model passes the
+        first one's :attr:`vectorization` on). Enumerated models need the plate path.
     :raises ValueError: if the model has no continuous latent site, or a discrete one not
         marked for parallel enumeration, or if neither vectorization evaluates it right.
 
@@ -170,7 +177,7 @@ class Potential:
         :param int num_chains: how many draws.
         """
         if self.vectorization == "vmap":
-            return prior_draws(self, num_chains)
+            return _prior_draws(self, num_chains)
         chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(self.max_plate_nesting + 1))
         with poutine.block():
             trace = poutine.trace(chains(self.model)).get_trace(*self.args, **self.kwargs)
@@ -210,7 +217,8 @@ class Potential:
         parameters: the quantity Fisher's identity differentiates.
 
         The model's ``pyro.param`` sites are visible to outer handlers (``SVI`` collects the
-        parameters to update this way); its sample sites are not.
+        parameters to update this way); its sample sites are not. On the vmap path the
+        model's distributions are not validated (vmap cannot run their checks).
 
         :param torch.Tensor position: ``(C, D)``.
         """
@@ -265,11 +273,13 @@ class Potential:
 
             >>> import torch, pyro_lvmle as lv
             >>> from pyro_lvmle.traces import Potential
-            >>> model = lv.models.LinearGaussian(dim=1)
+            >>> model = lv.models.LinearGaussian(dim=2)
             >>> potential = Potential(model, (model.simulate(4),))
+            >>> prior = potential.tempered(0.0)  # beta = 0 for every chain
             >>> target = potential.tempered(torch.tensor([0.0, 0.5, 1.0]))
-            >>> target(torch.zeros(3, potential.dim)).shape
-            torch.Size([3])
+            >>> q = torch.zeros(3, potential.dim)
+            >>> bool(target(q)[0] == prior(q)[0]), bool(target(q)[2] == potential(q)[2])
+            (True, True)
         """
         beta = torch.as_tensor(beta)
         if beta.dim() > 1 or not torch.isfinite(beta).all() or (beta < 0).any():
@@ -291,7 +301,7 @@ class Potential:
                 f"{tuple(position.shape)}"
             )
         if self.vectorization == "vmap":
-            return vmap_energy(self, position, jacobian, self._chain_beta(position))
+            return _vmap_energy(self, position, jacobian, self._chain_beta(position))
         return self._plate_energy(position, jacobian)
 
     def _chain_beta(self, position):

@@ -39,7 +39,7 @@ from pyro.infer.mcmc.util import TraceEinsumEvaluator
 
 from .params import _cuda_devices
 
-__all__ = ["VECTORIZATIONS", "choose_vectorization", "prior_draws", "vmap_energy"]
+__all__ = ["VECTORIZATIONS", "choose_vectorization"]
 
 #: The ways a :class:`~pyro_lvmle.traces.Potential` can evaluate many chains.
 VECTORIZATIONS = ("plate", "vmap")
@@ -48,7 +48,7 @@ VECTORIZATIONS = ("plate", "vmap")
 _SLOW_BATCHING_WARNING = ".*There is a performance drop because we have not yet implemented"
 
 
-def vmap_energy(potential, position: torch.Tensor, jacobian: bool, beta=None) -> torch.Tensor:
+def _vmap_energy(potential, position: torch.Tensor, jacobian: bool, beta=None) -> torch.Tensor:
     """Energies ``(C,)`` (or ``-log_joint`` without the Jacobian) of positions ``(C, D)``, one
     model run per chain under :func:`torch.func.vmap`; ``beta`` is ``None`` or ``(C,)``, each
     chain's power on the potential's tempered sites.
@@ -91,7 +91,7 @@ def _chain_energy(potential, q, beta, jacobian):
     return -(log_joint + log_det) if jacobian else -log_joint
 
 
-def prior_draws(potential, num_chains: int) -> torch.Tensor:
+def _prior_draws(potential, num_chains: int) -> torch.Tensor:
     """Flat positions ``(num_chains, D)`` drawn from the model's prior, one model run per chain
     (under :func:`torch.func.vmap` with independent randomness, else in a loop)."""
 
@@ -118,6 +118,21 @@ def choose_vectorization(potential, vectorization: str | None = None,
     :param int num_checks: how many prior draws to compare the paths on.
     :raises ValueError: if neither path evaluates the model's chains right, saying what to
         change in the model.
+
+    Example::
+
+        >>> import pyro, torch, pyro.distributions as dist
+        >>> from pyro_lvmle.traces import Potential
+        >>> def model(group, y):  # u[group]: written for one sample
+        ...     with pyro.plate("groups", 3):
+        ...         u = pyro.sample("u", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", len(y)):
+        ...         pyro.sample("y", dist.Normal(u[group], 1.0), obs=y)
+        >>> group = torch.tensor([0, 0, 1, 2, 2])
+        >>> Potential(model, (group, torch.randn(5))).vectorization
+        'vmap'
+        >>> Potential(model, (group, torch.randn(5)), vectorization="plate").vectorization
+        'plate'
     """
     if vectorization is not None:
         if vectorization not in VECTORIZATIONS:
@@ -125,10 +140,10 @@ def choose_vectorization(potential, vectorization: str | None = None,
                              f"None (choose automatically), got {vectorization!r}")
         return vectorization
     with torch.random.fork_rng(devices=_cuda_devices()):  # the check leaves the random stream alone
-        draws = prior_draws(potential, num_checks)
+        draws = _prior_draws(potential, num_checks)
     with torch.no_grad():
         plate, plate_error = _attempt(lambda: _plate(potential, draws))
-        mapped, vmap_error = _attempt(lambda: vmap_energy(potential, draws, True))
+        mapped, vmap_error = _attempt(lambda: _vmap_energy(potential, draws, True))
         if vmap_error is None:
             reference = mapped
         else:  # the model one chain at a time, as it was written
