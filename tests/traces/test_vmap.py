@@ -104,6 +104,48 @@ def test_matmul_with_global_latent_loadings_runs_under_vmap_exactly():
     assert_close(param_jacobian(potential.log_joint(position), [loc]), jacobian, atol=1e-10)
 
 
+def test_first_coordinate_of_a_per_datum_latent_runs_under_vmap_exactly():
+    def model(x):  # x[:, 0]: a per-datum latent pair, the first coordinate as the mean
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        pyro.sample("x", dist.Normal(z[:, 0], z[:, 1].exp()).to_event(1), obs=x)
+
+    x = torch.randn(5)
+    potential = Potential(model, (x,))
+    assert potential.vectorization == "vmap"
+    position = torch.randn(3, 10)
+
+    def energy(q):
+        z = q.reshape(5, 2)
+        return -(dist.Normal(0.0, 1.0).log_prob(z).sum()
+                 + dist.Normal(z[:, 0], z[:, 1].exp()).log_prob(x).sum())
+
+    expected, expected_grad = per_chain(energy, position)
+    energy_, grad = potential.value_and_grad(position)
+    assert_close(energy_, expected, atol=1e-10)
+    assert_close(grad, expected_grad, atol=1e-10)
+
+
+def test_subsampled_glmm_under_vmap_keeps_its_batch_and_drops_the_scale_for_sampling():
+    def model(herd, size, y, subsample_size=None):
+        mu = pyro.param("mu", torch.tensor(-0.3))
+        with pyro.plate("herds", NUM_HERDS):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+        with pyro.plate("obs", len(y), subsample_size=subsample_size) as idx:
+            pyro.sample("y", dist.Binomial(size[idx], logits=mu + u[herd[idx]]), obs=y[idx])
+
+    herd, size, y = glmm_data()
+    potential = Potential(model, (herd, size, y), {"subsample_size": 20})
+    assert potential.vectorization == "vmap"
+    idx = potential.subsample_indices["obs"]
+    position = torch.randn(3, NUM_HERDS)
+    prior = dist.Normal(0.0, 1.0).log_prob(position).sum(-1)
+    likelihood = dist.Binomial(size[idx], logits=pyro.param("mu") + position[:, herd[idx]]) \
+        .log_prob(y[idx]).sum(-1)
+    assert_close(potential(position), -(prior + likelihood), atol=1e-10)
+    assert_close(potential.log_joint(position), prior + 3.0 * likelihood, atol=1e-10)  # N/B
+
+
 @pytest.mark.parametrize("subsample_size", [None, 4])
 def test_plate_and_vmap_paths_agree_on_a_model_written_for_batches(subsample_size):
     model = lv.models.LinearGaussian(dim=2)
