@@ -25,6 +25,7 @@ MODULES = [
     "pyro_lvmle.gradients.fisher",
     "pyro_lvmle.gradients.information",
     "pyro_lvmle.traces.enum",
+    "pyro_lvmle.traces.vmap",
     "pyro_lvmle.em.history",
     "pyro_lvmle.em.schedules",
     "pyro_lvmle.em.mcem",

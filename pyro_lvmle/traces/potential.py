@@ -10,10 +10,17 @@ constrained site values.
 Discrete latent sites marked for parallel enumeration (``infer={"enumerate": "parallel"}``,
 e.g. by :func:`~pyro.infer.enum.config_enumerate`) are summed out exactly, as Pyro's HMC does:
 the energy is that of the continuous latents with the discrete ones marginalized.
+
+A model written for one sample (``u[herd]``, ``z @ W``, ``x[:, 0]``) breaks under the chain
+plate; for it the potential evaluates each chain in the model's own shapes under
+:func:`torch.func.vmap` instead (:mod:`pyro_lvmle.traces.vmap`), choosing automatically.
+:meth:`Potential.tempered` gives the tempered target :math:`\\log p(z) + \\beta \\log p(x \\mid z)`
+with one :math:`\\beta` per chain.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -24,6 +31,7 @@ from pyro.ops.contract import contract_to_tensor
 from torch.distributions import biject_to
 
 from .particles import _is_subsample, guess_max_plate_nesting
+from .vmap import _prior_draws, _vmap_energy, choose_vectorization
 
 __all__ = ["CHAIN_PLATE", "LatentSite", "Potential"]
 
@@ -65,8 +73,16 @@ class Potential:
     :param tuple args: the model's arguments (data).
     :param dict kwargs: the model's keyword arguments.
     :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
+    :param str vectorization: how chains are evaluated together: ``"plate"`` (an outermost
+        plate: one model run for all chains, for models written for batches), ``"vmap"``
+        (:func:`torch.func.vmap` over chains: the model sees one chain in the shapes it was
+        written for, so ``u[herd]``, ``z @ W``, ``x[:, 0]`` work), or ``None`` to choose
+        automatically (:func:`~pyro_lvmle.traces.vmap.choose_vectorization`: the plate path
+        where it gives the energies of the model run one chain at a time, else vmap; it costs
+        about three model runs, so a caller building many potentials of one model passes the
+        first one's :attr:`vectorization` on). Enumerated models need the plate path.
     :raises ValueError: if the model has no continuous latent site, or a discrete one not
-        marked for parallel enumeration.
+        marked for parallel enumeration, or if neither vectorization evaluates it right.
 
     A model with a subsampled :class:`~pyro.plate` draws new indices on every run: the
     potential keeps those of its first run (:attr:`subsample_indices`, by plate name), so
@@ -84,7 +100,8 @@ class Potential:
         (10, torch.Size([3]))
     """
 
-    def __init__(self, model, args=(), kwargs=None, *, max_plate_nesting: int | None = None):
+    def __init__(self, model, args=(), kwargs=None, *, max_plate_nesting: int | None = None,
+                 vectorization: str | None = None):
         self.model = model
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
@@ -134,6 +151,16 @@ class Potential:
         self.sites = tuple(sites)
         self.enumerated = tuple(enumerated)
         self.dim = offset
+        #: the observed and ``pyro.factor`` sites: what :meth:`tempered` scales by default
+        self.likelihood_sites = tuple(
+            name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and site["is_observed"] and not _is_subsample(site)
+            and not site["infer"].get("_deterministic"))
+        #: ``None``, or each chain's power on :attr:`tempered_sites` (see :meth:`tempered`)
+        self.beta = None
+        self.tempered_sites = frozenset(self.likelihood_sites)
+        #: ``"plate"`` or ``"vmap"``: how the chains are evaluated together
+        self.vectorization = choose_vectorization(self, vectorization)
 
     @property
     def batched_plates(self) -> frozenset:
@@ -149,6 +176,8 @@ class Potential:
 
         :param int num_chains: how many draws.
         """
+        if self.vectorization == "vmap":
+            return _prior_draws(self, num_chains)
         chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(self.max_plate_nesting + 1))
         with poutine.block():
             trace = poutine.trace(chains(self.model)).get_trace(*self.args, **self.kwargs)
@@ -188,7 +217,8 @@ class Potential:
         parameters: the quantity Fisher's identity differentiates.
 
         The model's ``pyro.param`` sites are visible to outer handlers (``SVI`` collects the
-        parameters to update this way); its sample sites are not.
+        parameters to update this way); its sample sites are not. On the vmap path the
+        model's distributions are not validated (vmap cannot run their checks).
 
         :param torch.Tensor position: ``(C, D)``.
         """
@@ -217,12 +247,89 @@ class Potential:
             (grad,) = torch.autograd.grad(energy.sum(), position)
         return energy.detach(), grad.detach()
 
+    def tempered(self, beta, sites=None) -> Potential:
+        r"""The tempered target :math:`\log p(z) + \beta_c \log p(x \mid z)`, one
+        :math:`\beta_c` per chain: a view of this potential whose energies and
+        :meth:`log_joint` scale the log densities of the model's observed sites by ``beta``.
+
+        .. math::
+
+            U_\beta(q)_c = -\sum_{s \notin O} \log p_s\big(T(q_c)\big)
+                - \beta_c \sum_{s \in O} \log p_s\big(x_s \mid T(q_c)\big)
+                - \log|\det J_T(q_c)|,
+
+        :math:`O` the tempered sites: by default every observed site, ``pyro.factor`` sites
+        included (a factor is most often a likelihood written by hand; pass ``sites`` to
+        leave one out). ``beta = 0`` gives the prior, ``beta = 1`` the posterior; with enumerated
+        discrete latents the scaling comes before they are summed out. A chain with
+        :math:`\beta_c = 0` ignores its tempered sites altogether, even where their density
+        is 0.
+
+        :param beta: a float, or a tensor ``(C,)`` with one non-negative value per chain (the
+            positions the view is called on must then have ``C`` rows).
+        :param sites: names of the sample sites to scale; :attr:`likelihood_sites` if ``None``.
+
+        Example::
+
+            >>> import torch, pyro_lvmle as lv
+            >>> from pyro_lvmle.traces import Potential
+            >>> model = lv.models.LinearGaussian(dim=2)
+            >>> potential = Potential(model, (model.simulate(4),))
+            >>> prior = potential.tempered(0.0)  # beta = 0 for every chain
+            >>> target = potential.tempered(torch.tensor([0.0, 0.5, 1.0]))
+            >>> q = torch.zeros(3, potential.dim)
+            >>> bool(target(q)[0] == prior(q)[0]), bool(target(q)[2] == potential(q)[2])
+            (True, True)
+        """
+        beta = torch.as_tensor(beta)
+        if beta.dim() > 1 or not torch.isfinite(beta).all() or (beta < 0).any():
+            raise ValueError("Potential.tempered: beta must be a finite non-negative float or "
+                             f"a tensor (num_chains,), got {beta!r}")
+        sites = self.likelihood_sites if sites is None else tuple(sites)
+        known = set(self.likelihood_sites) | {s.name for s in self.sites} | set(self.enumerated)
+        if not set(sites) <= known:
+            raise ValueError(f"Potential.tempered: no sample sites {sorted(set(sites) - known)} "
+                             f"in the model; its sites are {sorted(known)}")
+        view = copy.copy(self)
+        view.beta, view.tempered_sites = beta, frozenset(sites)
+        return view
+
     def _energy(self, position, jacobian):
         if position.dim() != 2 or position.shape[-1] != self.dim:
             raise ValueError(
                 f"Potential: positions must have shape (num_chains, {self.dim}), got "
                 f"{tuple(position.shape)}"
             )
+        if self.vectorization == "vmap":
+            return _vmap_energy(self, position, jacobian, self._chain_beta(position))
+        return self._plate_energy(position, jacobian)
+
+    def _chain_beta(self, position):
+        """:attr:`beta` as ``(C,)`` for positions ``(C, D)``, or ``None``."""
+        if self.beta is None:
+            return None
+        beta = self.beta.to(position).expand(position.shape[:1]) if self.beta.dim() == 0 \
+            else self.beta.to(position)
+        if beta.shape != position.shape[:1]:
+            raise ValueError(f"Potential: {beta.shape[0]} tempering betas for "
+                             f"{position.shape[0]} chains; pass one beta per chain")
+        return beta
+
+    def _rescale(self, trace, jacobian, beta):
+        """Drop subsampled plates' ``N/B`` factor from the sampler's energy (each datum's chain
+        targets its own posterior) and scale the tempered sites by ``beta``, broadcastable to
+        their log densities (``(C, 1, ..., 1)`` on the plate path, one chain's under vmap)."""
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            if jacobian:
+                site["scale"] = site["scale"] / _subsample_factor(site)
+            if beta is not None and name in self.tempered_sites:
+                site["scale"] = site["scale"] * beta
+                # beta = 0 ignores the site even where its density is 0 (0 * -inf = nan)
+                site["mask"] = beta > 0 if site["mask"] is None else site["mask"] & (beta > 0)
+
+    def _plate_energy(self, position, jacobian):
         num_chains = position.shape[0]
         unpacked = self._unpack(position)
         data = {name: value for name, (value, _) in unpacked.items()}
@@ -234,10 +341,9 @@ class Potential:
         # the sampler's energies hide everything; the gradient's log joint shows its params
         with poutine.block(expose_types=[] if jacobian else ["param"]):
             trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
-        if jacobian:  # each datum's chain targets its own posterior: no N/B factor
-            for site in trace.nodes.values():
-                if site["type"] == "sample":
-                    site["scale"] = site["scale"] / _subsample_factor(site)
+        beta = self._chain_beta(position)
+        self._rescale(trace, jacobian, None if beta is None
+                      else beta.reshape((-1,) + (1,) * self.max_plate_nesting))
         if self.enumerated:
             log_joint = _contract_enumerated(trace, num_chains)
         else:
