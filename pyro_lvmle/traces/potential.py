@@ -19,7 +19,6 @@ become the target instead of the data (the negative phase of undirected models).
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from functools import partial
 from typing import NamedTuple
@@ -31,16 +30,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.ops.contract import contract_to_tensor
 from torch.distributions import biject_to
 
-from .discrete import (
-    DiscreteBlock,
-    dependencies,
-    discrete_encoding,
-    element_plates,
-    elements_independent,
-    mark_parallel,
-    per_element,
-    summed_out,
-)
+from .dependence import dependencies, discrete_blocks, per_element, summed_out
+from .discrete import DiscreteBlock, discrete_encoding, mark_parallel
 from .particles import _is_subsample, guess_max_plate_nesting
 
 __all__ = ["CHAIN_PLATE", "LatentSite", "Potential"]
@@ -196,35 +187,15 @@ class Potential:
         self.sites = tuple(sites)
         self.enumerated = tuple(enumerated)
         self.dim = offset
-        self._set_discrete_blocks(trace, encodings, depends, frames)
-
-    def _set_discrete_blocks(self, trace, encodings, depends, frames):
-        """Lay out :attr:`discrete_blocks`, establishing each block's independent elements."""
-        blocks, self._block_sites = [], {}
-        base = self._position({site.name: trace.nodes[site.name]["value"]
-                               for site in self.sites}, 1)
-        for site in self.sites:
-            if not site.discrete:
-                continue
-            plates = None if self.enumerated else element_plates(trace.nodes[site.name],
-                                                                  depends, frames)
-            batch_shape = () if plates is None else tuple(trace.nodes[site.name]["fn"].batch_shape)
-            block = DiscreteBlock(site.name, site.offset, site.numel, batch_shape,
-                                  site.numel // max(math.prod(batch_shape), 1),
-                                  *encodings[site.name])
-            in_plates = tuple(name for name in frames if plates and plates <= frames[name])
-            if plates and not elements_independent(self._site_log_probs, block, in_plates, base,
-                                                   self.max_plate_nesting + 1):
-                block = block._replace(batch_shape=(), event_numel=block.numel)
-            self._block_sites[site.name] = in_plates if block.batch_shape else tuple(frames)
-            blocks.append(block)
         #: the sampled discrete sites, in position order
-        self.discrete_blocks = tuple(blocks)
+        self.discrete_blocks, self._block_sites = discrete_blocks(self, trace, encodings,
+                                                                  depends, frames)
         #: bool ``(D,)``: the coordinates holding discrete values; ``None`` if there are none
         self.discrete_mask = None
-        if blocks:
-            mask = torch.zeros(self.dim, dtype=torch.bool, device=base.device)
-            for block in blocks:
+        if self.discrete_blocks:
+            mask = torch.zeros(self.dim, dtype=torch.bool, device=trace.nodes[sites[0].name][
+                "value"].device)
+            for block in self.discrete_blocks:
                 mask[block.offset:block.offset + block.numel] = True
             self.discrete_mask = mask
 

@@ -197,6 +197,27 @@ def test_marked_sequential_or_large_discrete_latents_are_sampled():
         assert_close(potential(q), -expected.sum(-1), atol=1e-10)
 
 
+def test_a_sampled_one_hot_latent_is_stored_by_its_index():
+    x = torch.tensor([-1.0, 0.5, 2.0])
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            c = pyro.sample("c", dist.OneHotCategorical(torch.tensor([0.2, 0.3, 0.5])),
+                            infer={"enumerate": "sequential"})
+            pyro.sample("x", dist.Normal(c @ torch.tensor([-1.0, 0.0, 1.0]), 1.0), obs=x)
+
+    potential = Potential(model, (x,))
+    assert potential.discrete_blocks == (
+        DiscreteBlock("c", 0, 3, (3,), 1, 0.0, 2.0, "categorical"),)
+    q = torch.tensor([[0.0, 2.0, 1.0]])
+    one_hot = potential.unpack(q)["c"]
+    assert torch.equal(one_hot, torch.eye(3)[[0, 2, 1]].unsqueeze(0))
+    assert torch.equal(potential.pack({"c": one_hot}), q)
+    expected = torch.tensor([0.2, 0.5, 0.3]).log() \
+        + dist.Normal(torch.tensor([-1.0, 1.0, 0.0]), 1.0).log_prob(x)
+    assert_close(potential(q), -expected.sum(-1, keepdim=True), atol=1e-10)
+
+
 def test_binomial_latents_are_summed_out_when_small_and_sampled_otherwise():
     x = torch.tensor([1.0, 2.0, 0.0])
 
@@ -366,6 +387,14 @@ def test_rbm_observed_sites_as_target_have_the_free_energy():
     assert_close(potential(v), free_energy.sum(-1), atol=1e-10)
     assert_close(potential.block_energy(v, potential.discrete_blocks[0]), free_energy,
                  atol=1e-10)
+    # its gradient at the visible units, as Gibbs-with-gradients uses it: dF/dv
+    p = rbm.params()
+    q = v.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(potential.block_energy(q, potential.discrete_blocks[0]).sum(),
+                                  q)
+    hand = -p["visible_bias"] - torch.sigmoid(v.reshape(6, 4, 5) @ p["weights"]
+                                              + p["hidden_bias"]) @ p["weights"].T
+    assert_close(grad, hand.reshape(6, 20), atol=1e-10)
     with pytest.raises(ValueError, match="initial_position"):
         potential.sample_prior(3)
 
