@@ -143,8 +143,10 @@ class Potential:
             if uncondition else self.model
         candidates = [(name, site) for name, site in trace.nodes.items()
                       if _is_target_site(site, uncondition)]
-        found = None
-        if any(site["fn"].support.is_discrete for _, site in candidates):
+        found = None  # one tracked run, unless every discrete site is marked to be summed out
+        if any(site["fn"].support.is_discrete and (site["is_observed"] or
+                                                   site["infer"].get("enumerate") != "parallel")
+               for _, site in candidates):
             found = dependencies(self.model, self.args, self.kwargs, trace,
                                  [name for name, _ in candidates])
         depends, bounds_free = found if found is not None else (None, {})

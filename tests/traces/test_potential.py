@@ -345,6 +345,25 @@ def test_block_energy_splits_the_energy_change_per_site():
     assert_close(grad, hand, atol=1e-10)
 
 
+def test_block_energy_under_a_subsampled_plate_is_per_datum_of_the_batch():
+    y = torch.tensor([1.0, 4.0, 0.0, 2.0, 3.0, 1.0])
+
+    def model(y, subsample_size):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 0.5))
+        with pyro.plate("sites", len(y), subsample_size=subsample_size) as index:
+            n = pyro.sample("n", dist.Poisson(rate))
+            pyro.sample("y", dist.Binomial(n, DETECTION), obs=y[index])
+
+    potential = Potential(model, (y, 3))
+    (block,) = potential.discrete_blocks
+    assert block.batch_shape == (3,)
+    q = torch.cat([torch.randn(2, 1), counts_at_least(y[potential.subsample_indices["sites"]],
+                                                      2)], -1)
+    # no N/B factor, as in the energy: each datum's count targets its own posterior
+    terms = -n_mixture_log_joint(q, y[potential.subsample_indices["sites"]])[1]
+    assert_close(potential.block_energy(q, block), terms, atol=1e-10)
+
+
 def test_counts_used_outside_their_plate_form_one_joint_block():
     total = torch.tensor(9.0)
     potential = Potential(n_mixture, (COUNTS, total))
