@@ -14,12 +14,12 @@ or Gibbs move, so the scan leaves the target invariant. Every step ends with one
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch.distributions import Categorical
 
 from .._checks import check_int
+from ..traces.discrete import DiscreteBlock
 from .base import ChainState, StepInfo
 from .hmc import hmc_step
 
@@ -31,32 +31,6 @@ __all__ = [
 ]
 
 _KINDS = ("binary", "categorical", "count")
-
-
-class DiscreteBlock(NamedTuple):
-    """A group of discrete coordinates of a target's flat position.
-
-    :ivar str name: the site it comes from.
-    :ivar int offset: where its coordinates start in the position's last dimension.
-    :ivar int numel: how many coordinates it has: ``prod(batch_shape) * event_numel``.
-    :ivar tuple batch_shape: the shape of its independent elements (given the rest of the
-        position, each element's energy term depends on that element only); ``()`` when
-        independence is not established (the block is then one element).
-    :ivar int event_numel: coordinates per element.
-    :ivar float lower: the smallest value (usually 0).
-    :ivar float upper: the largest value, inclusive (``math.inf`` for unbounded counts).
-    :ivar str kind: ``"binary"``, ``"categorical"`` or ``"count"``.
-    """
-
-    name: str
-    offset: int
-    numel: int
-    batch_shape: tuple
-    event_numel: int
-    lower: float
-    upper: float
-    kind: str
-
 
 def metropolis_within_gibbs_step(
         state: ChainState, target, *, window: int = 1, max_gibbs_support: int = 16,

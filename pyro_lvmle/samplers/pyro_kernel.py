@@ -100,7 +100,8 @@ class PyroKernel:
                 "PyroKernel: latent sites in a subsampled plate need per-datum chains; Pyro's "
                 "kernels are set up for fixed data, use kernel='hmc' or 'mala' instead"
             )
-        if like is None:  # set up by warmup(), or by the first step() without one
+        if like is None or not torch.isfinite(like.step_size).all():
+            # new chains: set up by warmup(), or by the first step() without one
             self.kernels = None
             return _unset_state(position)
         if self.kernels is None or len(self.kernels) != position.shape[0]:

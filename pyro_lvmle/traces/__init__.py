@@ -5,6 +5,7 @@ log-weight components every objective needs, with plate and subsampling bookkeep
 :class:`PriorGuide` turns a model into the guide that samples its prior.
 """
 
+from .discrete import MAX_ENUMERATED_SUPPORT, DiscreteBlock
 from .enum import EnumeratedPosterior
 from .particles import PARTICLE_PLATE, ParticleTerms, guess_max_plate_nesting, particle_terms
 from .potential import CHAIN_PLATE, LatentSite, Potential
@@ -12,8 +13,10 @@ from .prior_guide import PriorGuide
 
 __all__ = [
     "CHAIN_PLATE",
+    "DiscreteBlock",
     "EnumeratedPosterior",
     "LatentSite",
+    "MAX_ENUMERATED_SUPPORT",
     "PARTICLE_PLATE",
     "Potential",
     "ParticleTerms",

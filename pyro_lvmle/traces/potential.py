@@ -7,9 +7,14 @@ one run of the model gives every chain's energy (and, by one backward pass, ever
 gradient). Positions are flat ``(C, D)`` tensors; :meth:`Potential.unpack` maps them back to
 constrained site values.
 
-Discrete latent sites marked for parallel enumeration (``infer={"enumerate": "parallel"}``,
-e.g. by :func:`~pyro.infer.enum.config_enumerate`) are summed out exactly, as Pyro's HMC does:
-the energy is that of the continuous latents with the discrete ones marginalized.
+Discrete latent sites are summed out exactly where Pyro can enumerate them, as Pyro's HMC
+and NUTS do: those marked ``infer={"enumerate": "parallel"}`` and, unmarked, those with at
+most :data:`~pyro_lvmle.traces.discrete.MAX_ENUMERATED_SUPPORT` values whose dependents lie
+in all their plates. Every other discrete site (a Poisson count, a site marked
+``"sequential"``) is *sampled*: it gets coordinates holding its exact integer values, listed
+by :attr:`Potential.discrete_blocks`, with per-element energies for discrete steps
+(:meth:`Potential.block_energy`). With ``uncondition=True`` the model's observed sites
+become the target instead of the data (the negative phase of undirected models).
 
 A model written for one sample (``u[herd]``, ``z @ W``, ``x[:, 0]``) breaks under the chain
 plate; for it the potential evaluates each chain in the model's own shapes under
@@ -22,14 +27,18 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from functools import partial
 from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.ops.contract import contract_to_tensor
 from torch.distributions import biject_to
 
+from .dependence import dependencies, discrete_blocks, per_element, summed_out
+from .discrete import DiscreteBlock, discrete_encoding, mark_parallel
 from .particles import _is_subsample, guess_max_plate_nesting
 from .vmap import _prior_draws, _vmap_energy, choose_vectorization
 
@@ -54,6 +63,10 @@ class LatentSite(NamedTuple):
         site lives in, ``axis`` indexing ``batched_shape``: the site holds one value per datum
         of the plate's current subsample (all of them when the plate is not subsampled) along
         that axis, as :attr:`Potential.subsample_indices` lists them.
+    :ivar bool discrete: whether the site is a sampled discrete one (its coordinates hold
+        its exact values, see :class:`~pyro_lvmle.traces.discrete.DiscreteBlock`).
+    :ivar bool was_observed: whether the site is observed in the model (a target site of a
+        potential with ``uncondition=True``).
     """
 
     name: str
@@ -64,12 +77,34 @@ class LatentSite(NamedTuple):
     transform: torch.distributions.Transform
     batched_shape: tuple
     subsampled: tuple = ()
+    discrete: bool = False
+    was_observed: bool = False
 
 
 class Potential:
     r"""Potential energy :math:`U(q) = -\log p(x, T(q)) - \log|\det J_T(q)|`, batched over chains.
 
-    :param model: a Pyro model whose latent sites are continuous or enumerable.
+    Discrete latent sites are summed out where Pyro can enumerate them (the energy is then
+    that of the other sites with these marginalized); the others are sampled: their
+    coordinates, flagged by :attr:`discrete_mask` and listed by :attr:`discrete_blocks`, hold
+    exact integer values (no transform, no Jacobian), and :meth:`value_and_grad` gives them a
+    zero gradient. A latent site is summed out when it is marked
+    ``infer={"enumerate": "parallel"}``, or unmarked with a support of at most
+    :data:`~pyro_lvmle.traces.discrete.MAX_ENUMERATED_SUPPORT` values and every site depending
+    on it in all its plates (Pyro's tensor variable elimination needs that); a site marked
+    ``"sequential"``, with an unbounded or larger support, or failing the plate condition is
+    sampled.
+
+    With ``uncondition=True`` (as :func:`pyro.poutine.uncondition` does) every observed
+    site becomes a target site with its observation removed: the energy is
+    :math:`-\log \tilde p(x, z)` as a function of the formerly observed :math:`x` too, the
+    negative phase of an undirected model. Continuous observed sites (an
+    :class:`~pyro.distributions.ImproperUniform` one included) get unconstrained coordinates,
+    discrete ones sampled discrete coordinates (never enumerated); ``pyro.factor`` sites stay
+    factors, and latent discrete sites are still summed out where they can be.
+    :meth:`initial_position` starts chains at the data.
+
+    :param model: a Pyro model.
     :param tuple args: the model's arguments (data).
     :param dict kwargs: the model's keyword arguments.
     :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
@@ -81,8 +116,10 @@ class Potential:
         where it gives the energies of the model run one chain at a time, else vmap; it costs
         about three model runs, so a caller building many potentials of one model passes the
         first one's :attr:`vectorization` on). Enumerated models need the plate path.
-    :raises ValueError: if the model has no continuous latent site, or a discrete one not
-        marked for parallel enumeration, or if neither vectorization evaluates it right.
+    :param bool uncondition: make the observed sites the target (see above).
+    :raises ValueError: if the model has no site to sample, or a discrete one that can be
+        neither summed out nor sampled (the message says what to change), or if neither
+        vectorization evaluates it right.
 
     A model with a subsampled :class:`~pyro.plate` draws new indices on every run: the
     potential keeps those of its first run (:attr:`subsample_indices`, by plate name), so
@@ -101,10 +138,11 @@ class Potential:
     """
 
     def __init__(self, model, args=(), kwargs=None, *, max_plate_nesting: int | None = None,
-                 vectorization: str | None = None):
+                 vectorization: str | None = None, uncondition: bool = False):
         self.model = model
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
+        self.uncondition = uncondition
         if max_plate_nesting is None:
             max_plate_nesting = guess_max_plate_nesting(model, lambda *a, **k: None,
                                                         self.args, self.kwargs)
@@ -116,24 +154,36 @@ class Potential:
                                   if site["type"] == "sample" and _is_subsample(site)}
         if self.subsample_indices:
             self.model = poutine.condition(model, data=self.subsample_indices)
-        sites, offset, enumerated = [], 0, []
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"] or _is_subsample(site) \
-                    or site["infer"].get("_deterministic"):
+        # the model whose draws start chains: the target's observed sites drawn too
+        self._prior_model = poutine.condition(poutine.uncondition(model),
+                                              data=self.subsample_indices) \
+            if uncondition else self.model
+        candidates = [(name, site) for name, site in trace.nodes.items()
+                      if _is_target_site(site, uncondition)]
+        found = None  # one tracked run, unless every discrete site is marked to be summed out
+        if any(site["fn"].support.is_discrete and (site["is_observed"] or
+                                                   site["infer"].get("enumerate") != "parallel")
+               for _, site in candidates):
+            found = dependencies(self.model, self.args, self.kwargs, trace,
+                                 [name for name, _ in candidates])
+        depends, bounds_free = found if found is not None else (None, {})
+        frames = {name: frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized)
+                  for name, site in trace.nodes.items()
+                  if site["type"] == "sample" and not _is_subsample(site)}
+        enumerated, automatic = summed_out(candidates, frames, depends)
+        sites, offset, encodings = [], 0, {}
+        for name, site in candidates:
+            fn = site["fn"]
+            if name in enumerated:
                 continue
-            if site["fn"].support.is_discrete:
-                if site["infer"].get("enumerate") == "parallel":
-                    enumerated.append(name)
-                    continue
-                raise ValueError(
-                    f"latent site {name!r} is discrete; gradient-based samplers need continuous "
-                    "latents: mark it for enumeration (pyro.infer.config_enumerate, "
-                    "infer={'enumerate': 'parallel'}) to sum it out"
-                )
-            transform = biject_to(site["fn"].support)
+            if fn.support.is_discrete:
+                *encodings[name], transform = discrete_encoding(
+                    name, fn, site["value"], bounds_free.get(name, False))
+            else:
+                transform = biject_to(fn.support)
             unconstrained = transform.inv(site["value"])
             # the chain dimension goes left of all max_plate_nesting plate dimensions
-            pad = max_plate_nesting - len(site["fn"].batch_shape)
+            pad = max_plate_nesting - len(fn.batch_shape)
             batched = (-1,) + (1,) * pad + tuple(unconstrained.shape)
             subsampled = tuple(
                 (f.name, 1 + max_plate_nesting + f.dim, f.full_size)
@@ -141,13 +191,18 @@ class Potential:
                 if f.vectorized and f.name in self.subsample_indices and f.full_size is not None
             )
             sites.append(LatentSite(name, site["value"].shape, unconstrained.shape, offset,
-                                    unconstrained.numel(),
-                                    transform, batched, subsampled))
+                                    unconstrained.numel(), transform, batched, subsampled,
+                                    fn.support.is_discrete, site["is_observed"]))
             offset += unconstrained.numel()
         if not sites:
-            raise ValueError("the model has no continuous latent sites: there is nothing to "
-                             "sample" + (" (its discrete ones are summed out)" if enumerated
-                                         else ""))
+            summed = ", ".join(repr(name) for name in enumerated)
+            raise ValueError("the model has no latent sites to sample" + (
+                f": {summed} {'is' if len(enumerated) == 1 else 'are'} discrete and summed out "
+                "by enumeration; pyro.infer.TraceEnum_ELBO fits such a model exactly"
+                if enumerated else ""))
+        if automatic:  # as if config_enumerate had marked them
+            self.model = poutine.infer_config(self.model, partial(mark_parallel,
+                                                                  frozenset(automatic)))
         self.sites = tuple(sites)
         self.enumerated = tuple(enumerated)
         self.dim = offset
@@ -161,6 +216,17 @@ class Potential:
         self.tempered_sites = frozenset(self.likelihood_sites)
         #: ``"plate"`` or ``"vmap"``: how the chains are evaluated together
         self.vectorization = choose_vectorization(self, vectorization)
+        #: the sampled discrete sites, in position order
+        self.discrete_blocks, self._block_sites = discrete_blocks(self, trace, encodings,
+                                                                  depends, frames)
+        #: bool ``(D,)``: the coordinates holding discrete values; ``None`` if there are none
+        self.discrete_mask = None
+        if self.discrete_blocks:
+            mask = torch.zeros(self.dim, dtype=torch.bool, device=trace.nodes[sites[0].name][
+                "value"].device)
+            for block in self.discrete_blocks:
+                mask[block.offset:block.offset + block.numel] = True
+            self.discrete_mask = mask
 
     @property
     def batched_plates(self) -> frozenset:
@@ -173,24 +239,58 @@ class Potential:
     def sample_prior(self, num_chains: int) -> torch.Tensor:
         """Positions ``(num_chains, D)`` drawn from the model's prior (one run of the model for
         all chains): a starting point for chains that is in the support of every site.
+        Discrete coordinates hold prior draws too; with ``uncondition=True`` so do the
+        observed sites.
 
         :param int num_chains: how many draws.
+        :raises ValueError: with ``uncondition=True``, for an observed site whose
+            distribution cannot be sampled (an improper one); start at
+            :meth:`initial_position` instead.
+        """
+        try:
+            if self.vectorization == "vmap":
+                return _prior_draws(self, num_chains)
+            return self._draw(self._prior_model, num_chains)
+        except NotImplementedError as error:
+            raise ValueError(
+                "Potential.sample_prior: the observed sites "
+                f"{[site.name for site in self.sites if site.was_observed]} cannot all be "
+                f"drawn from their distributions ({str(error).splitlines()[0]}); start the "
+                "chains at the data with Potential.initial_position(num_chains)"
+            ) from error
+
+    def initial_position(self, num_chains: int) -> torch.Tensor:
+        """Positions ``(num_chains, D)`` that start chains at the data: every observed site
+        at its observed value (the target sites of ``uncondition=True``, as contrastive
+        divergence starts its chains), the latent sites at prior draws. Without
+        ``uncondition`` this is :meth:`sample_prior`.
+
+        :param int num_chains: how many positions.
         """
         if self.vectorization == "vmap":
-            return _prior_draws(self, num_chains)
+            return _prior_draws(self, num_chains, self.model)
+        return self._draw(self.model, num_chains)
+
+    def _draw(self, model, num_chains):
         chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(self.max_plate_nesting + 1))
         with poutine.block():
-            trace = poutine.trace(chains(self.model)).get_trace(*self.args, **self.kwargs)
-        values = {}
+            trace = poutine.trace(chains(model)).get_trace(*self.args, **self.kwargs)
+        return self._position({site.name: trace.nodes[site.name]["value"]
+                               for site in self.sites}, num_chains).detach()
+
+    def _position(self, values, num_chains):
+        """:meth:`pack` of values broadcast to ``num_chains`` chains."""
+        full = {}
         for site in self.sites:
-            value = trace.nodes[site.name]["value"]
-            values[site.name] = value.expand(
-                (num_chains,) + value.shape[1:]) if value.shape[:1] == (1,) else value
-        return self.pack(values).detach()
+            pad = len(site.batched_shape) - 1 - len(site.unconstrained_shape)
+            full[site.name] = values[site.name].broadcast_to(
+                (num_chains,) + (1,) * pad + tuple(site.shape))
+        return self.pack(full)
 
     def unpack(self, position: torch.Tensor) -> dict[str, torch.Tensor]:
         """Constrained site values of flat positions ``(C, D)``: ``(C, 1, ..., *site shape)``,
-        with size-1 dimensions for the plates the site is not in."""
+        with size-1 dimensions for the plates the site is not in. Discrete sites get their
+        exact values, in the dtype the model gave them (a Categorical's as integers)."""
         return {name: value for name, (value, _) in self._unpack(position).items()}
 
     def _unpack(self, position):
@@ -204,13 +304,14 @@ class Potential:
 
     def pack(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Flat unconstrained positions ``(C, D)`` of constrained values, as :meth:`unpack`
-        gives them (or ``(C, *site shape)``)."""
+        gives them (or ``(C, *site shape)``); discrete values are stored exactly, as floats."""
         parts = []
         for site in self.sites:
             value = values[site.name]
             unconstrained = site.transform.inv(value)
             parts.append(unconstrained.reshape(value.shape[0], -1))
-        return torch.cat(parts, -1)
+        dtype = next((p.dtype for p in parts if p.is_floating_point()), torch.get_default_dtype())
+        return torch.cat([part.to(dtype) for part in parts], -1)
 
     def log_joint(self, position: torch.Tensor) -> torch.Tensor:
         """:math:`\\log p(x, T(q))` per chain (no Jacobian), differentiable in the model's
@@ -240,11 +341,16 @@ class Potential:
 
     def value_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:math:`U(q)` and :math:`\\nabla_q U(q)` per chain, by one model run and one
-        backward pass; both detached."""
+        backward pass; both detached. The gradient is zero at discrete coordinates."""
         with torch.enable_grad():
             position = position.detach().requires_grad_(True)
             energy = self(position)
-            (grad,) = torch.autograd.grad(energy.sum(), position)
+            grad = None
+            if energy.requires_grad:  # not when only integer-typed sites are sampled
+                (grad,) = torch.autograd.grad(energy.sum(), position, allow_unused=True)
+        grad = torch.zeros_like(position) if grad is None else grad
+        if self.discrete_mask is not None:
+            grad = grad.masked_fill(self.discrete_mask, 0.0)
         return energy.detach(), grad.detach()
 
     def tempered(self, beta, sites=None) -> Potential:
@@ -293,6 +399,61 @@ class Potential:
         view = copy.copy(self)
         view.beta, view.tempered_sites = beta, frozenset(sites)
         return view
+
+    def block_energy(self, position: torch.Tensor, block: DiscreteBlock) -> torch.Tensor:
+        r"""The energy terms that involve a discrete block, per independent element:
+        ``(C, *block.batch_shape)``.
+
+        For the block's site :math:`n` with elements :math:`n_e`, the sum over the sites
+        :math:`s` in all the block's plates of their log densities, kept per element:
+
+        .. math::
+
+            B_e(q) = -\sum_s \log p_s(\cdot)\big|_e, \qquad
+            U(q') - U(q) = \sum_e \big(B_e(q') - B_e(q)\big)
+
+        for :math:`q'` differing from :math:`q` in the block's coordinates only, and a change
+        of element :math:`e` alone changes :math:`B_e` alone: a discrete step may accept or
+        reject every element in parallel. The potential established this independence at
+        construction (no site outside the plates depends on the site, by tracking its value
+        through the model, and moving one element changes no other element's terms); where
+        it could not, or when the model also has summed-out sites, the block has
+        ``batch_shape == ()`` and this is the whole energy (up to terms that do not depend on
+        the block; so too on the vmap path). Differentiable in ``position``, discrete
+        coordinates included where the model's log densities are (Gibbs-with-gradients
+        proposals use that gradient).
+
+        :param torch.Tensor position: ``(C, D)``.
+        :param DiscreteBlock block: one of :attr:`discrete_blocks`.
+
+        References:
+
+        [1] Grathwohl, Swersky, Hashemi, Duvenaud & Maddison (2021), "Oops I took a gradient:
+        scalable sampling for discrete distributions", ICML.
+        """
+        if block not in self.discrete_blocks:
+            raise ValueError(f"block_energy: {block!r} is not one of this potential's "
+                             "discrete_blocks")
+        _check_positions(position, self.dim)
+        if self.enumerated or self.vectorization == "vmap":
+            return self(position)
+        rank, num_chains = self.max_plate_nesting + 1, position.shape[0]
+        log_probs = self._site_log_probs(position)
+        return -sum(per_element(log_probs[name], block.batch_shape, rank, num_chains)
+                    for name in self._block_sites[block.name])
+
+    def _site_log_probs(self, position):
+        """Each sample site's log density, scaled and masked as in :meth:`__call__` (no
+        ``N/B`` factor) and not summed, at positions ``(C, D)``; no enumeration."""
+        chains = pyro.plate(CHAIN_PLATE, position.shape[0], dim=-(self.max_plate_nesting + 1))
+        conditioned = poutine.condition(chains(self.model), data=self.unpack(position))
+        with poutine.block(), pyro.validation_enabled(False):
+            trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
+            return {name: scale_and_mask(
+                site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"]),
+                site["scale"] / _subsample_factor(site), site["mask"])
+                for name, site in trace.nodes.items()
+                if site["type"] == "sample" and not _is_subsample(site)}
 
     def _energy(self, position, jacobian):
         if position.dim() != 2 or position.shape[-1] != self.dim:
@@ -401,3 +562,19 @@ def _sum_to_chains(log_prob, rank, num_chains):
     total = log_prob.sum(others) if others else log_prob  # sum(()) would sum everything
     return total.expand(num_chains)
 
+
+
+def _check_positions(position, dim):
+    if position.dim() != 2 or position.shape[-1] != dim:
+        raise ValueError(
+            f"Potential: positions must have shape (num_chains, {dim}), got "
+            f"{tuple(position.shape)}"
+        )
+
+
+def _is_target_site(site, uncondition) -> bool:
+    """Whether a trace site gets coordinates: a latent sample site, or with ``uncondition``
+    an observed one too (``pyro.factor`` and ``pyro.deterministic`` sites excepted)."""
+    if site["type"] != "sample" or _is_subsample(site) or site["infer"].get("_deterministic"):
+        return False
+    return not site["is_observed"] or (uncondition and not site["infer"].get("is_auxiliary"))

@@ -91,13 +91,15 @@ def _chain_energy(potential, q, beta, jacobian):
     return -(log_joint + log_det) if jacobian else -log_joint
 
 
-def _prior_draws(potential, num_chains: int) -> torch.Tensor:
-    """Flat positions ``(num_chains, D)`` drawn from the model's prior, one model run per chain
-    (under :func:`torch.func.vmap` with independent randomness, else in a loop)."""
+def _prior_draws(potential, num_chains: int, model=None) -> torch.Tensor:
+    """Flat positions ``(num_chains, D)`` drawn from the model's prior (or from ``model``, the
+    potential's own conditioned model to start at the data), one model run per chain (under
+    :func:`torch.func.vmap` with independent randomness, else in a loop)."""
+    model = potential._prior_model if model is None else model
 
     def draw(_):
         with poutine.block():
-            trace = poutine.trace(potential.model).get_trace(*potential.args, **potential.kwargs)
+            trace = poutine.trace(model).get_trace(*potential.args, **potential.kwargs)
         return torch.cat([site.transform.inv(trace.nodes[site.name]["value"]).reshape(-1)
                           for site in potential.sites])
 
@@ -140,7 +142,9 @@ def choose_vectorization(potential, vectorization: str | None = None,
                              f"None (choose automatically), got {vectorization!r}")
         return vectorization
     with torch.random.fork_rng(devices=_cuda_devices()):  # the check leaves the random stream alone
-        draws = _prior_draws(potential, num_checks)
+        # observed sites that are the target may be improper: start those at the data
+        draws = _prior_draws(potential, num_checks,
+                             potential.model if potential.uncondition else None)
     with torch.no_grad():
         plate, plate_error = _attempt(lambda: _plate(potential, draws))
         mapped, vmap_error = _attempt(lambda: _vmap_energy(potential, draws, True))

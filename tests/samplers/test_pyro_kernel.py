@@ -28,12 +28,13 @@ SAMPLERS = {
 
 
 def one_transition_after_a_parameter_change(sampler, refresh, num_chains):
-    """Exact draws of the target; the energies cached under shift = 0; the parameter moves
-    to shift = 30 (the target does not change); one transition."""
+    """Exact draws of the target; one transition caches the energies under shift = 0; the
+    parameter moves to shift = 30 (the target does not change); one transition."""
     x = torch.tensor(0.5)
     potential = Potential(shifted, (x,))
     draws = x + torch.randn(num_chains, 1)
     state = sampler.init(draws, potential)
+    state, _ = sampler.step(state, potential)  # still exact draws; energies now cached
     pyro.get_param_store()["shift"] = torch.tensor(30.0)
     if refresh:
         state = sampler.init(state.position, potential, like=state)
