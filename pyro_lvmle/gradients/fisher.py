@@ -73,7 +73,8 @@ class MCMCGradient(ELBO):
     the current parameters (``num_samples * thinning`` transitions, after ``warmup_steps``
     adapting ones when the chains are new), then returns (and, in ``loss_and_grads``,
     backpropagates) :math:`-\frac{1}{SC}\sum_{s,c} \log p(x, z_{cs}; \theta)` with the
-    samples detached. Enumerable discrete latents are summed out.
+    samples detached. Enumerable discrete latents are summed out (marked or not); others (a
+    Poisson count) are sampled by a discrete step alternating with the gradient step.
 
     :param kernel: ``"nuts"`` (Pyro's NUTS, one kernel per chain, adaptation kept across
         calls), ``"hmc"`` (the batched HMC with ``num_steps`` leapfrog steps), ``"mala"``,
@@ -96,6 +97,9 @@ class MCMCGradient(ELBO):
     :param bool adapt_mass: adapt a diagonal mass matrix during warm-up.
     :param bool shared_step_size: one step size for all chains (batched kernels).
     :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
+    :param discrete_step: how the batched kernels sample discrete latents that cannot be
+        summed out (a Poisson count): ``"mwg"`` (Metropolis-within-Gibbs) or ``"gwg"``
+        (Gibbs-with-gradients, binary sites), a step before each gradient step.
 
     **Mini-batches.** When latent sites live in a subsampled :class:`~pyro.plate`, every
     datum keeps its own chain state (position and mass, full size, indexed by the plate's
@@ -128,7 +132,7 @@ class MCMCGradient(ELBO):
                  num_chains: int = 1, persistent: bool = True, thinning: int = 1, *,
                  step_size: float = 0.1, num_steps: int = 10, target_accept: float | None = None,
                  adapt_mass: bool = True, shared_step_size: bool = False,
-                 max_plate_nesting: int | None = None):
+                 max_plate_nesting: int | None = None, discrete_step="mwg"):
         where = "MCMCGradient"
         self.num_samples = check_int(where, "num_samples", num_samples, 1)
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
@@ -142,7 +146,7 @@ class MCMCGradient(ELBO):
             target_accept=None if target_accept is None
             else check_probability(where, "target_accept", target_accept),
             adapt_step_size=warmup_steps > 0, adapt_mass=bool(adapt_mass),
-            shared_step_size=bool(shared_step_size))
+            shared_step_size=bool(shared_step_size), discrete_step=discrete_step)
         super().__init__(num_particles=num_chains * num_samples,
                          max_plate_nesting=max_plate_nesting)
         self.kernel = kernel
@@ -152,6 +156,7 @@ class MCMCGradient(ELBO):
         except (ValueError, TypeError) as error:
             raise type(error)(f"{where}: {error}") from None
         self._model = None
+        self._vectorization = None
         self.diagnostics: dict = {}
         self.samples: dict[str, torch.Tensor] = {}
         #: the chains kept between calls (per datum under subsampled plates)
@@ -195,7 +200,9 @@ class MCMCGradient(ELBO):
         if not self.persistent:
             store.reset()
         with torch.enable_grad():  # the samplers differentiate the potential, even in loss()
-            potential = Potential(model, args, kwargs, max_plate_nesting=self.max_plate_nesting)
+            potential = Potential(model, args, kwargs, max_plate_nesting=self.max_plate_nesting,
+                                  vectorization=self._vectorization)
+            self._vectorization = potential.vectorization  # chosen once per model
             prior = potential.sample_prior(self.num_chains)
             store.allocate(potential, prior)
             warm = store.all_seen(potential)

@@ -10,10 +10,13 @@ own ``NUTS``/``HMC``. Both implement the :class:`~pyro_lvmle.samplers.Sampler` p
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from .._checks import check_positive
 from .base import ChainState, StepInfo, stack_info
+from .discrete import gibbs_with_gradients_step, metropolis_within_gibbs_step, mixed_step
 from .hmc import dual_averaging_init, hmc_init, hmc_step, mala_step, ula_step
 from .warmup import warmup as _warmup
 
@@ -34,6 +37,10 @@ class BatchedKernel:
         target that drifts as the parameters are optimized (the posterior's scale can shrink
         several-fold during a fit, and a step size adapted at the start then leaves chains
         stuck). ``0`` freezes it after warm-up. Only when ``adapt_step_size``.
+    :param discrete_step: the step for a target's sampled discrete coordinates, taken before
+        each gradient step (:func:`~pyro_lvmle.samplers.mixed_step`): by default
+        :func:`~pyro_lvmle.samplers.metropolis_within_gibbs_step`, or
+        :func:`~pyro_lvmle.samplers.gibbs_with_gradients_step`. Unused for a target with none.
     :param step_kwargs: fixed keyword arguments of ``step`` (``num_steps``, ``target_accept``).
 
     Example::
@@ -52,11 +59,19 @@ class BatchedKernel:
 
     def __init__(self, step=hmc_step, *, step_size: float = 0.1, adapt_step_size: bool = True,
                  adapt_mass: bool = True, shared_step_size: bool = False,
-                 track_rate: float = 0.02, **step_kwargs):
+                 track_rate: float = 0.02, discrete_step=metropolis_within_gibbs_step,
+                 **step_kwargs):
         if not callable(step):
             raise TypeError(f"BatchedKernel: step must be callable, got {type(step).__name__}")
         step_size = check_positive("BatchedKernel", "step_size", step_size)
+        if not callable(discrete_step):
+            raise TypeError(f"BatchedKernel: discrete_step must be callable, got "
+                            f"{type(discrete_step).__name__}")
         self.step_fn = step
+        self.discrete_step = discrete_step
+        # a target with sampled discrete coordinates gets the discrete step before each
+        # gradient step; mixed_step skips whichever kind of coordinate the target lacks
+        self._transition = partial(mixed_step, discrete_step=discrete_step, continuous_step=step)
         self.step_size = float(step_size)
         self.adapt_step_size = bool(adapt_step_size)
         self.adapt_mass = bool(adapt_mass)
@@ -108,7 +123,7 @@ class BatchedKernel:
         step_kwargs = dict(self.step_kwargs)
         if not _keyword(self.step_fn, step_kwargs, "metropolis", True):
             step_kwargs["metropolis"] = True
-        result = _warmup(state, target, num_steps, step=self.step_fn,
+        result = _warmup(state, target, num_steps, step=self._transition,
                          adapt_mass=self.adapt_mass, shared_step_size=self.shared_step_size,
                          **step_kwargs)
         return result.state, result.info
@@ -119,7 +134,7 @@ class BatchedKernel:
         :param ChainState state: the chains.
         :param target: the target.
         """
-        state, info = self.step_fn(state, target, **self.step_kwargs)
+        state, info = self._transition(state, target, **self.step_kwargs)
         if self.track_rate:
             accept = info.accept_prob.mean().expand_as(info.accept_prob) \
                 if self.shared_step_size else info.accept_prob
@@ -139,12 +154,14 @@ def _keyword(fn, kwargs, name, default):
 
 #: the batched samplers by name, as :class:`~pyro_lvmle.MCMCGradient` accepts them
 BATCHED_STEPS = {"hmc": hmc_step, "mala": mala_step, "ula": ula_step}
+#: the discrete steps by name
+DISCRETE_STEPS = {"mwg": metropolis_within_gibbs_step, "gwg": gibbs_with_gradients_step}
 
 
 def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size: bool = True,
                  num_steps: int = 10, target_accept: float | None = None,
                  adapt_mass: bool = True, shared_step_size: bool = False,
-                 max_plate_nesting: int | None = None):
+                 max_plate_nesting: int | None = None, discrete_step="mwg"):
     """The :class:`~pyro_lvmle.samplers.Sampler` that ``kernel`` names.
 
     :param kernel: ``"nuts"`` (Pyro's NUTS on ``model``, one kernel per chain), ``"hmc"``
@@ -161,6 +178,9 @@ def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size:
     :param bool adapt_mass: adapt a diagonal mass matrix during warm-up.
     :param bool shared_step_size: one step size for all chains (batched kernels).
     :param int max_plate_nesting: passed to Pyro's NUTS.
+    :param discrete_step: the batched kernels' step for sampled discrete sites: ``"mwg"``
+        (Metropolis-within-Gibbs: exact full conditionals on small supports, a random walk on
+        counts) or ``"gwg"`` (Gibbs-with-gradients for binary sites), or a step function.
 
     Example::
 
@@ -174,8 +194,14 @@ def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size:
     from .base import Sampler
     from .pyro_kernel import PyroKernel
 
+    if isinstance(discrete_step, str):
+        if discrete_step not in DISCRETE_STEPS:
+            raise ValueError(f"unknown discrete_step {discrete_step!r}; use one of "
+                             f"{sorted(DISCRETE_STEPS)} or a step function")
+        discrete_step = DISCRETE_STEPS[discrete_step]
     options = dict(step_size=step_size, adapt_step_size=adapt_step_size,
-                   adapt_mass=adapt_mass, shared_step_size=shared_step_size)
+                   adapt_mass=adapt_mass, shared_step_size=shared_step_size,
+                   discrete_step=discrete_step)
     if isinstance(kernel, str):
         if kernel == "nuts":
             if model is None:

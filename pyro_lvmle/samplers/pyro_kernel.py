@@ -95,6 +95,11 @@ class PyroKernel:
             for fixed data), or when restoring a kernel with a dense mass matrix, which the
             state does not hold.
         """
+        if getattr(potential, "discrete_mask", None) is not None:
+            raise ValueError(
+                f"PyroKernel: Pyro's HMC/NUTS cannot sample the discrete sites "
+                f"{[b.name for b in potential.discrete_blocks]}, which cannot be summed out; "
+                "use kernel='hmc' or 'mala', whose discrete steps sample them")
         if potential.batched_plates:
             raise ValueError(
                 "PyroKernel: latent sites in a subsampled plate need per-datum chains; Pyro's "

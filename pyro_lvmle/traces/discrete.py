@@ -181,3 +181,46 @@ def mark_parallel(names, msg):
     """An :func:`~pyro.poutine.infer_config` rule marking the sites ``names`` for parallel
     enumeration, as :func:`~pyro.infer.enum.config_enumerate` would."""
     return {"enumerate": "parallel"} if msg["name"] in names else {}
+
+
+def into_support(potential, position: torch.Tensor, max_doublings: int = 30) -> torch.Tensor:
+    """Move the discrete elements of starting positions that have zero density (a prior draw
+    of a latent count below an observed count it bounds) to the nearest value found, by
+    doubling steps up and down, where the density is positive; positions already in the
+    support are returned unchanged.
+
+    Starting points only: like Pyro's retries of initial values, this changes where chains
+    start, not what they sample. An element is moved by ``+-1, +-2, +-4, ...`` (within its
+    ``[lower, upper]``) until its :meth:`~pyro_lvmle.traces.Potential.block_energy` is finite;
+    one left outside after ``max_doublings`` tries keeps its value (the discrete steps may
+    still reach the support).
+
+    :param potential: the target, with ``discrete_blocks`` and ``block_energy``.
+    :param torch.Tensor position: ``(C, D)``.
+    :param int max_doublings: tries per direction.
+    """
+    num_chains = position.shape[0]
+    with torch.no_grad():
+        for block in potential.discrete_blocks:
+            energy = potential.block_energy(position, block)
+            bad = ~torch.isfinite(energy)
+            if not bad.any():
+                continue
+            start = position[:, block.offset:block.offset + block.numel].reshape(
+                (num_chains,) + tuple(block.batch_shape) + (block.event_numel,))
+            values = start.clone()
+            for step in (2.0**k for k in range(max_doublings)):
+                for sign in (1.0, -1.0):
+                    trial = (start + sign * step).clamp(block.lower, block.upper)
+                    trial = torch.where(bad.unsqueeze(-1), trial, values)
+                    candidate = position.clone()
+                    candidate[:, block.offset:block.offset + block.numel] = trial.reshape(
+                        num_chains, -1)
+                    fixed = bad & torch.isfinite(potential.block_energy(candidate, block))
+                    values = torch.where(fixed.unsqueeze(-1), trial, values)
+                    bad = bad & ~fixed
+                if not bad.any():
+                    break
+            position = position.clone()
+            position[:, block.offset:block.offset + block.numel] = values.reshape(num_chains, -1)
+    return position

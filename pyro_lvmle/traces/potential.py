@@ -38,7 +38,7 @@ from pyro.ops.contract import contract_to_tensor
 from torch.distributions import biject_to
 
 from .dependence import dependencies, discrete_blocks, per_element, summed_out
-from .discrete import DiscreteBlock, discrete_encoding, mark_parallel
+from .discrete import DiscreteBlock, discrete_encoding, into_support, mark_parallel
 from .particles import _is_subsample, guess_max_plate_nesting
 from .vmap import _prior_draws, _vmap_energy, choose_vectorization
 
@@ -239,8 +239,9 @@ class Potential:
     def sample_prior(self, num_chains: int) -> torch.Tensor:
         """Positions ``(num_chains, D)`` drawn from the model's prior (one run of the model for
         all chains): a starting point for chains that is in the support of every site.
-        Discrete coordinates hold prior draws too; with ``uncondition=True`` so do the
-        observed sites.
+        Discrete coordinates hold prior draws too, moved into the support where the prior
+        draw has zero density (:func:`~pyro_lvmle.traces.discrete.into_support`); with
+        ``uncondition=True`` the observed sites are drawn too.
 
         :param int num_chains: how many draws.
         :raises ValueError: with ``uncondition=True``, for an observed site whose
@@ -249,8 +250,8 @@ class Potential:
         """
         try:
             if self.vectorization == "vmap":
-                return _prior_draws(self, num_chains)
-            return self._draw(self._prior_model, num_chains)
+                return into_support(self, _prior_draws(self, num_chains))
+            return into_support(self, self._draw(self._prior_model, num_chains))
         except NotImplementedError as error:
             raise ValueError(
                 "Potential.sample_prior: the observed sites "
