@@ -16,6 +16,7 @@ import torch
 from pyro.infer import ELBO
 
 from ..traces import guess_max_plate_nesting, particle_terms
+from ..traces.params import call_with_params
 
 __all__ = [
     "ParticleObjective",
@@ -34,10 +35,17 @@ class ParticleObjective(ELBO):
     :param int max_plate_nesting: the deepest plate nesting of model and guide; guessed by
         running them once when left at infinity.
     :param bool retain_graph: passed to ``backward`` by :meth:`loss_and_grads`.
+    :param str nonfinite: what :meth:`loss_and_grads` does with a NaN or infinite loss or
+        gradient: ``"raise"`` (the default) a ``ValueError`` naming the parameters, or
+        ``"skip"`` the step, counted in :attr:`diagnostics`. Either way the parameters, their
+        ``.grad`` and the optimizer's state are left as they were.
+
+    :ivar dict diagnostics: ``{"skipped_steps": int, "skipped_params": {name: count}}``, the
+        steps ``nonfinite="skip"`` dropped and the parameters whose gradients caused it.
     """
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = math.inf,
-                 retain_graph: bool | None = None):
+                 retain_graph: bool | None = None, *, nonfinite: str = "raise"):
         if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral) \
                 or num_particles < 1:
             raise ValueError(
@@ -50,9 +58,15 @@ class ParticleObjective(ELBO):
                 f"{type(self).__name__}: max_plate_nesting must be a non-negative int, got "
                 f"{max_plate_nesting!r}"
             )
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(
+                f"{type(self).__name__}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
+            )
         # the particle plate is ours, so Pyro's vectorize_particles stays off
         super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting,
                          vectorize_particles=False, retain_graph=retain_graph)
+        self.nonfinite = nonfinite
+        self.diagnostics = {"skipped_steps": 0, "skipped_params": {}}
 
     def _terms(self, model, guide, args, kwargs, **options):
         if self.max_plate_nesting == math.inf:
@@ -73,19 +87,58 @@ class ParticleObjective(ELBO):
             return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Minus the bound as a float, with the estimator's gradient accumulated in ``.grad``.
+        """Minus the bound as a float, with the estimator's gradient accumulated in the
+        ``.grad`` of the Pyro parameters the call reads.
 
-        :raises ValueError: if the loss is NaN or infinite.
+        The gradients are computed apart and accumulated only when every one is finite, so
+        a NaN or infinite value never reaches ``.grad``. With ``nonfinite="skip"`` the
+        parameters' ``.grad`` are then set to ``None``: the optimizer step that
+        ``pyro.infer.SVI.step`` takes next skips them (torch optimizers leave a parameter
+        without a gradient, and its state, alone), and the step is counted in
+        :attr:`diagnostics`.
+
+        :raises ValueError: with ``nonfinite="raise"``, if the loss or a parameter's gradient
+            is NaN or infinite, naming the parameters.
         """
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss, params = call_with_params(self.differentiable_loss, model, guide, *args, **kwargs)
         value = loss.detach().item()
         if not math.isfinite(value):
-            raise ValueError(
-                f"{type(self).__name__}: the loss is {value}; a log density is NaN or infinite "
-                "for every particle. Run with pyro.enable_validation(True) to find the site."
+            return self._nonfinite(
+                value, params, list(params),
+                f"the loss is {value}; a log density is NaN or infinite for every particle. "
+                "Run with pyro.enable_validation(True) to find the site."
             )
-        if loss.requires_grad:
-            loss.backward(retain_graph=self.retain_graph)
+        names = [name for name, leaf in params.items() if leaf.requires_grad]
+        if not (loss.requires_grad and names):
+            return value
+        grads = torch.autograd.grad(loss, [params[n] for n in names],
+                                    retain_graph=self.retain_graph, allow_unused=True)
+        grads = dict(zip(names, grads, strict=True))
+        present = [g for g in grads.values() if g is not None]
+        if present and not bool(torch.stack([torch.isfinite(g).all() for g in present]).all()):
+            bad = [n for n, g in grads.items() if g is not None and not torch.isfinite(g).all()]
+            return self._nonfinite(value, params, bad,
+                                   f"the gradient of parameters {bad} is NaN or infinite")
+        for name, grad in grads.items():
+            if grad is None:
+                continue
+            leaf = params[name]
+            leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+        return value
+
+    def _nonfinite(self, value, params, bad, message):
+        """Raise, or skip the step: clear the gradients so no optimizer step applies."""
+        if self.nonfinite == "raise":
+            raise ValueError(
+                f"{type(self).__name__}: {message}; the parameters are left as they were. "
+                "Pass nonfinite='skip' to skip such steps (counted in .diagnostics)."
+            )
+        for leaf in params.values():
+            leaf.grad = None
+        self.diagnostics["skipped_steps"] += 1
+        counts = self.diagnostics["skipped_params"]
+        for name in bad:
+            counts[name] = counts.get(name, 0) + 1
         return value
 
 
