@@ -76,6 +76,10 @@ def rws_guide_part(log_w):  # marker: the expectation of wake-phi's surrogate, w
     raise NotImplementedError
 
 
+def rws_model_part(log_w):  # marker: the expectation of wake-theta's surrogate, weights fixed
+    raise NotImplementedError
+
+
 def binary_expected(bound, num_particles, scale):
     """E over K guide draws per datum of bound(f), or of wake-phi's surrogate, exactly."""
     p = {n: pyro.param(n) for n in ("prior_logit", "loc", "q_logits")}
@@ -209,3 +213,79 @@ def test_control_a_wrong_scale_moves_the_exact_gradients_far_beyond_the_toleranc
             other = exact.exact_gradient(normal_expected(bound, KN, wrong))
             assert (right["q_loc"] - other["q_loc"]).abs().max() > 25 * QUADRATURE_ATOL
             assert (right["q_scale"] - other["q_scale"]).abs().max() > 25 * QUADRATURE_ATOL
+
+
+# --- parameters shared by model and guide (issue 12, item 2) ---
+
+LG_MODEL = lv.models.LinearGaussian(dim=1, init_params={"w": [0.3], "sigma": 1.5})
+
+
+def sigma_guide(x):
+    """A hand-written guide reusing the model's noise scale: its scale is ``sigma / 2``."""
+    loc = pyro.param("q_loc", lambda: torch.tensor([[0.5], [-0.2], [1.1]]))
+    sigma = pyro.param("sigma")
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(loc, 0.5 * sigma).to_event(1))
+
+
+SHARED_GUIDES = {"PriorGuide": lambda: lv.PriorGuide(LG_MODEL), "sigma_guide": lambda: sigma_guide}
+
+
+def shared_expected(bound, guide_name, num_particles, num_nodes=30):
+    """E[bound(f)] (or wake-phi's surrogate) for LinearGaussian with a guide sharing params."""
+    w, sigma = pyro.param("w")[0], pyro.param("sigma")
+    if guide_name == "PriorGuide":
+        locs, q_scale = [w] * len(exact.GAUSSIAN_DATA), torch.tensor(1.0)
+    else:
+        locs, q_scale = pyro.param("q_loc")[:, 0], 0.5 * sigma
+    nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
+    grid = torch.tensor(list(np.ndindex(*(num_nodes,) * num_particles)))
+    eps = math.sqrt(2.0) * torch.tensor(nodes)[grid]
+    prob = torch.tensor(weights)[grid].prod(-1) / math.pi ** (num_particles / 2)
+    total = 0.0
+    for n, x in enumerate(exact.GAUSSIAN_DATA[:, 0]):
+        z = locs[n] + q_scale * eps
+        if bound in (rws_guide_part, rws_model_part):
+            z = z.detach()
+        log_q = dist.Normal(locs[n], q_scale).log_prob(z)
+        log_p = dist.Normal(w, 1.0).log_prob(z) + dist.Normal(z, sigma).log_prob(x)
+        f = log_p - log_q
+        if bound in (rws_guide_part, rws_model_part):
+            part = log_q if bound is rws_guide_part else log_p
+            total = total + (prob * (torch.softmax(f.detach(), -1) * part).sum(-1)).sum()
+        else:
+            total = total + (prob * bound(f)).sum()
+    return total
+
+
+SHARED_OBJECTIVES = {
+    "iwae-auto": (lambda: lv.TraceIWAE_ELBO(KN, max_plate_nesting=1), exact.iwae),
+    "iwae-dreg": (lambda: lv.TraceIWAE_ELBO(KN, "dreg", max_plate_nesting=1), exact.iwae),
+    "iwae-reparam": (lambda: lv.TraceIWAE_ELBO(KN, "reparam", max_plate_nesting=1), exact.iwae),
+    "stl": (lambda: lv.TraceSTL_ELBO(KN, max_plate_nesting=1), exact.elbo),
+    "renyi-0.5": (lambda: lv.TraceRenyi_ELBO(0.5, KN, max_plate_nesting=1), exact.renyi(0.5)),
+    "tvo-beta0": (lambda: lv.TraceTVO_ELBO(KN, betas=[0.0], max_plate_nesting=1), exact.elbo),
+    "rws": (lambda: lv.TraceRWS_ELBO(KN, max_plate_nesting=1), rws_guide_part),
+}
+
+
+@pytest.mark.parametrize("guide_name", list(SHARED_GUIDES))
+@pytest.mark.parametrize("name", list(SHARED_OBJECTIVES))
+def test_parameters_shared_by_model_and_guide_get_the_exact_gradient(name, guide_name):
+    make_loss, bound = SHARED_OBJECTIVES[name]
+    guide = SHARED_GUIDES[guide_name]()
+    data = exact.GAUSSIAN_DATA
+    poutine.trace(LG_MODEL).get_trace(data)  # the model's parameters first: the guide reads them
+    poutine.trace(guide).get_trace(data)
+    if bound is rws_guide_part:  # shared parameters get wake-theta alone
+        truth = exact.exact_gradient(shared_expected(rws_model_part, guide_name, KN))
+        if guide_name == "sigma_guide":
+            wake_phi = exact.exact_gradient(shared_expected(rws_guide_part, guide_name, KN))
+            truth["q_loc"] = wake_phi["q_loc"]
+    else:
+        truth = exact.exact_gradient(shared_expected(bound, guide_name, KN))
+    assert truth["sigma"].abs().max() > 0.1 and truth["w"].abs().max() > 0.1
+    mean = exact.mean_gradient(make_loss(), LG_MODEL, guide, (data,),
+                               exact.normal_draws(KN, NUM_NODES))
+    for param in truth:
+        assert_close(mean[param], truth[param], atol=QUADRATURE_ATOL, what=f"{name} {param}")
