@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import numbers
 
+import pyro
 import torch
 from pyro.infer import ELBO
 
-from ..traces import guess_max_plate_nesting, particle_terms
+from ..traces import check_programs, guess_max_plate_nesting, particle_terms
 from ..traces.params import call_with_params
 
 __all__ = [
@@ -66,11 +67,20 @@ class ParticleObjective(ELBO):
         super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting,
                          vectorize_particles=False, retain_graph=retain_graph)
         self.nonfinite = nonfinite
+        self._checked = None  # the last model/guide pair checked, see _terms
         self.diagnostics = {"skipped_steps": 0, "skipped_params": {}}
 
     def _terms(self, model, guide, args, kwargs, **options):
+        # with validation on, each new model/guide pair is checked once as Pyro's Trace_ELBO
+        # checks it (unvectorized); the plate nesting is guessed on the same run
+        validate = pyro.infer.util.is_validation_enabled() and self._checked != (model, guide)
+        if validate:
+            nesting = check_programs(model, guide, args, kwargs, self.max_plate_nesting)
+            self._checked = (model, guide)
+        elif self.max_plate_nesting == math.inf:
+            nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         if self.max_plate_nesting == math.inf:
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+            self.max_plate_nesting = nesting
         return particle_terms(model, guide, args, kwargs, num_particles=self.num_particles,
                               max_plate_nesting=self.max_plate_nesting, **options)
 

@@ -52,7 +52,13 @@ from pyro.util import check_model_guide_match, check_site_shape
 
 from .params import _cuda_devices
 
-__all__ = ["PARTICLE_PLATE", "ParticleTerms", "guess_max_plate_nesting", "particle_terms"]
+__all__ = [
+    "PARTICLE_PLATE",
+    "ParticleTerms",
+    "check_programs",
+    "guess_max_plate_nesting",
+    "particle_terms",
+]
 
 #: Name of the plate that vectorizes particles (Pyro's own name, so models can recognise it).
 PARTICLE_PLATE = "num_particles_vectorized"
@@ -150,20 +156,66 @@ def guess_max_plate_nesting(model, guide, args, kwargs) -> int:
     :param tuple args: positional arguments of both.
     :param dict kwargs: keyword arguments of both.
     """
+    return _plate_nesting(*_unvectorized_traces(model, guide, args, kwargs))
+
+
+def check_programs(model, guide, args, kwargs, max_plate_nesting: float = math.inf) -> int:
+    """Check a model/guide pair as Pyro's ``Trace_ELBO`` does, on one unvectorized run (the
+    particle plate can hide a batch dimension of the same size), and return its deepest plate
+    nesting. Torch's random number generators are left as they were.
+
+    :param model: a Pyro model.
+    :param guide: a Pyro guide.
+    :param tuple args: positional arguments of both.
+    :param dict kwargs: keyword arguments of both.
+    :param max_plate_nesting: the user's, or infinity (as ``Trace_ELBO``'s default).
+    :raises ValueError: where ``Trace_ELBO`` raises (and its warnings are issued), and for
+        NaN or ``+inf`` log densities, naming the site.
+    """
+    guide_trace, model_trace = _unvectorized_traces(model, guide, args, kwargs)
+    check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
+    sites = []
+    for trace in (model_trace, guide_trace):
+        sites += _sample_sites(prune_subsample_sites(trace), max_plate_nesting)
+    _check_log_densities(sites)
+    return _plate_nesting(guide_trace, model_trace)
+
+
+def _unvectorized_traces(model, guide, args, kwargs):
     with torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
+    return guide_trace, model_trace
+
+
+def _plate_nesting(*traces) -> int:
     dims = [
         frame.dim
-        for trace in (model_trace, guide_trace)
+        for trace in traces
         for site in trace.nodes.values()
         if site["type"] == "sample"
         for frame in site["cond_indep_stack"]
         if frame.vectorized
     ]
     return -min(dims) if dims else 0
+
+
+def _check_log_densities(sites):
+    """Refuse NaN and ``+inf`` log densities (Pyro warns for them), naming the sites."""
+    values = [s["log_prob"] for s in sites if torch.is_tensor(s["log_prob"])]
+    if not values:
+        return
+    flags = torch.stack([(torch.isnan(v) | (v == math.inf)).any() for v in values])
+    if not bool(flags.any()):
+        return
+    bad = [s["name"] for s in sites if torch.is_tensor(s["log_prob"])
+           and bool((torch.isnan(s["log_prob"]) | (s["log_prob"] == math.inf)).any())]
+    raise ValueError(
+        f"sites {bad} have NaN or +inf log densities; check their distributions' parameters "
+        "and the values they are evaluated at"
+    )
 
 
 def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_nesting: int,
@@ -209,8 +261,8 @@ def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_
                    if site["type"] == "param" and name in guide_params)
     model_trace = prune_subsample_sites(model_trace)
     guide_trace_pruned = prune_subsample_sites(guide_trace)
-    model_sites = _sample_sites(model_trace, max_plate_nesting)
-    guide_sites = _sample_sites(guide_trace_pruned, max_plate_nesting)
+    model_sites = _sample_sites(model_trace, max_plate_nesting + 1)
+    guide_sites = _sample_sites(guide_trace_pruned, max_plate_nesting + 1)
     units = _unit_frames(model_sites + guide_sites)
     unit_scale = math.prod(
         (f.full_size if f.full_size is not None else f.size) / f.size for f in units
@@ -234,13 +286,8 @@ def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_
     reparam = [s for s in guide_sites if s["fn"].has_rsample]
     score_sites = guide_sites if detach_values else nonreparam
     log_q_score = total(score_sites, scaled=False) if score_sites else None
-    if pyro.infer.util.is_validation_enabled() and torch.isnan(log_p - log_q).any():
-        bad = [s["name"] for s in model_sites + guide_sites
-               if torch.is_tensor(s["log_prob"]) and torch.isnan(s["log_prob"]).any()]
-        raise ValueError(
-            f"sites {bad} have NaN log densities; check their distributions' parameters and the "
-            "values they are evaluated at"
-        )
+    if pyro.infer.util.is_validation_enabled():
+        _check_log_densities(model_sites + guide_sites)
 
     log_q_direct = log_q_nonreparam_direct = log_p_direct = None
     if direct_log_q:
@@ -249,7 +296,7 @@ def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_
             direct_trace = poutine.trace(
                 poutine.replay(particles(guide), trace=replayed)
             ).get_trace(*args, **kwargs)
-        direct_sites = _sample_sites(prune_subsample_sites(direct_trace), max_plate_nesting)
+        direct_sites = _sample_sites(prune_subsample_sites(direct_trace), rank)
         log_q_direct = total(direct_sites)
         names = {s["name"] for s in nonreparam}
         direct_nonreparam = [s for s in direct_sites if s["name"] in names]
@@ -259,8 +306,7 @@ def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_
                 direct_model = poutine.trace(
                     poutine.replay(particles(model), trace=replayed)
                 ).get_trace(*args, **kwargs)
-            log_p_direct = total(_sample_sites(prune_subsample_sites(direct_model),
-                                               max_plate_nesting))
+            log_p_direct = total(_sample_sites(prune_subsample_sites(direct_model), rank))
 
     return ParticleTerms(
         log_p=log_p, log_q=log_q, log_q_direct=log_q_direct, log_q_score=log_q_score,
@@ -301,9 +347,10 @@ def _refuse_enumeration(trace, side, guide_trace=None):
         )
 
 
-def _sample_sites(trace, max_plate_nesting):
+def _sample_sites(trace, rank):
     """The sample sites that carry log density, with ``log_prob`` (masked) and
-    ``score_log_prob`` (unscaled, unmasked) computed and checked."""
+    ``score_log_prob`` (unscaled, unmasked) computed and their shapes checked against
+    ``rank`` plate dimensions (with validation on)."""
     sites = []
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site["infer"].get("_deterministic"):
@@ -317,7 +364,7 @@ def _sample_sites(trace, max_plate_nesting):
         log_prob = scale_and_mask(raw, mask=site["mask"])
         site = dict(site, log_prob=log_prob, score_log_prob=raw, name=name)
         if pyro.infer.util.is_validation_enabled():
-            check_site_shape(site, max_plate_nesting + 1)
+            check_site_shape(site, rank)
         sites.append(site)
     return sites
 
