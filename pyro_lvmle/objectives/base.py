@@ -42,7 +42,8 @@ class ParticleObjective(ELBO):
         ``.grad`` and the optimizer's state are left as they were.
 
     :ivar dict diagnostics: ``{"skipped_steps": int, "skipped_params": {name: count}}``, the
-        steps ``nonfinite="skip"`` dropped and the parameters whose gradients caused it.
+        steps ``nonfinite="skip"`` dropped (for a non-finite loss or gradient) and, by name,
+        the parameters whose gradient was not finite.
     """
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = math.inf,
@@ -114,7 +115,7 @@ class ParticleObjective(ELBO):
         value = loss.detach().item()
         if not math.isfinite(value):
             return self._nonfinite(
-                value, params, list(params),
+                value, params, [],
                 f"the loss is {value}; a log density is NaN or infinite for every particle. "
                 "Run with pyro.enable_validation(True) to find the site."
             )
@@ -124,8 +125,7 @@ class ParticleObjective(ELBO):
         grads = torch.autograd.grad(loss, [params[n] for n in names],
                                     retain_graph=self.retain_graph, allow_unused=True)
         grads = dict(zip(names, grads, strict=True))
-        present = [g for g in grads.values() if g is not None]
-        if present and not bool(torch.stack([torch.isfinite(g).all() for g in present]).all()):
+        if not _all_finite([g for g in grads.values() if g is not None]):
             bad = [n for n, g in grads.items() if g is not None and not torch.isfinite(g).all()]
             return self._nonfinite(value, params, bad,
                                    f"the gradient of parameters {bad} is NaN or infinite")
@@ -150,6 +150,14 @@ class ParticleObjective(ELBO):
         for name in bad:
             counts[name] = counts.get(name, 0) + 1
         return value
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every tensor is finite, with one device synchronization per device."""
+    flags: dict = {}
+    for tensor in tensors:
+        flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    return all(bool(torch.stack(group).all()) for group in flags.values())
 
 
 def check_unit_subsampling(terms, objective: str) -> None:

@@ -204,11 +204,13 @@ def _plate_nesting(*traces) -> int:
 
 def _check_log_densities(sites):
     """Refuse NaN and ``+inf`` log densities (Pyro warns for them), naming the sites."""
-    values = [s["log_prob"] for s in sites if torch.is_tensor(s["log_prob"])]
-    if not values:
-        return
-    flags = torch.stack([(torch.isnan(v) | (v == math.inf)).any() for v in values])
-    if not bool(flags.any()):
+    flags: dict = {}  # one device synchronization per device
+    for site in sites:
+        value = site["log_prob"]
+        if torch.is_tensor(value):
+            bad = torch.isnan(value) | (value == math.inf)
+            flags.setdefault(value.device, []).append(bad.any())
+    if not any(bool(torch.stack(group).any()) for group in flags.values()):
         return
     bad = [s["name"] for s in sites if torch.is_tensor(s["log_prob"])
            and bool((torch.isnan(s["log_prob"]) | (s["log_prob"] == math.inf)).any())]
