@@ -132,14 +132,21 @@ def fixed_draws(normal=None, bernoulli=None):
 
     old_normal, old_bernoulli = normal_module._standard_normal, torch.bernoulli
 
+    # a draw of another layout (the objectives' one unvectorized validation run, whose values
+    # are discarded) gets zeros
     def standard_normal(shape, dtype, device):
         values = torch.as_tensor(normal, dtype=dtype, device=device)
         if values.numel() == 1:
             return values.reshape(()).expand(shape)
+        if len(shape) == 0 or shape[0] != values.numel():
+            return torch.zeros(shape, dtype=dtype, device=device)
         return values.reshape((-1,) + (1,) * (len(shape) - 1)).expand(shape)
 
     def bernoulli_draw(probs, *args, **kwargs):
-        return torch.as_tensor(bernoulli, dtype=probs.dtype).reshape(probs.shape)
+        values = torch.as_tensor(bernoulli, dtype=probs.dtype)
+        if values.numel() != probs.numel():
+            return torch.zeros_like(probs)
+        return values.reshape(probs.shape)
 
     if normal is not None:
         normal_module._standard_normal = standard_normal
