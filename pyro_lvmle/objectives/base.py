@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 import numbers
 
+import pyro
 import torch
 from pyro.infer import ELBO
 
-from ..traces import guess_max_plate_nesting, particle_terms
+from ..traces import check_programs, guess_max_plate_nesting, particle_terms
+from ..traces.params import call_with_params
 
 __all__ = [
     "ParticleObjective",
@@ -34,10 +36,18 @@ class ParticleObjective(ELBO):
     :param int max_plate_nesting: the deepest plate nesting of model and guide; guessed by
         running them once when left at infinity.
     :param bool retain_graph: passed to ``backward`` by :meth:`loss_and_grads`.
+    :param str nonfinite: what :meth:`loss_and_grads` does with a NaN or infinite loss or
+        gradient: ``"raise"`` (the default) a ``ValueError`` naming the parameters, or
+        ``"skip"`` the step, counted in :attr:`diagnostics`. Either way the parameters, their
+        ``.grad`` and the optimizer's state are left as they were.
+
+    :ivar dict diagnostics: ``{"skipped_steps": int, "skipped_params": {name: count}}``, the
+        steps ``nonfinite="skip"`` dropped (for a non-finite loss or gradient) and, by name,
+        the parameters whose gradient was not finite.
     """
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = math.inf,
-                 retain_graph: bool | None = None):
+                 retain_graph: bool | None = None, *, nonfinite: str = "raise"):
         if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral) \
                 or num_particles < 1:
             raise ValueError(
@@ -50,13 +60,28 @@ class ParticleObjective(ELBO):
                 f"{type(self).__name__}: max_plate_nesting must be a non-negative int, got "
                 f"{max_plate_nesting!r}"
             )
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(
+                f"{type(self).__name__}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
+            )
         # the particle plate is ours, so Pyro's vectorize_particles stays off
         super().__init__(num_particles=int(num_particles), max_plate_nesting=max_plate_nesting,
                          vectorize_particles=False, retain_graph=retain_graph)
+        self.nonfinite = nonfinite
+        self._checked = None  # the last model/guide pair checked, see _terms
+        self.diagnostics = {"skipped_steps": 0, "skipped_params": {}}
 
     def _terms(self, model, guide, args, kwargs, **options):
+        # with validation on, each new model/guide pair is checked once as Pyro's Trace_ELBO
+        # checks it (unvectorized); the plate nesting is guessed on the same run
+        validate = pyro.infer.util.is_validation_enabled() and self._checked != (model, guide)
+        if validate:
+            nesting = check_programs(model, guide, args, kwargs, self.max_plate_nesting)
+            self._checked = (model, guide)
+        elif self.max_plate_nesting == math.inf:
+            nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         if self.max_plate_nesting == math.inf:
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+            self.max_plate_nesting = nesting
         return particle_terms(model, guide, args, kwargs, num_particles=self.num_particles,
                               max_plate_nesting=self.max_plate_nesting, **options)
 
@@ -73,20 +98,66 @@ class ParticleObjective(ELBO):
             return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Minus the bound as a float, with the estimator's gradient accumulated in ``.grad``.
+        """Minus the bound as a float, with the estimator's gradient accumulated in the
+        ``.grad`` of the Pyro parameters the call reads.
 
-        :raises ValueError: if the loss is NaN or infinite.
+        The gradients are computed apart and accumulated only when every one is finite, so
+        a NaN or infinite value never reaches ``.grad``. With ``nonfinite="skip"`` the
+        parameters' ``.grad`` are then set to ``None``: the optimizer step that
+        ``pyro.infer.SVI.step`` takes next skips them (torch optimizers leave a parameter
+        without a gradient, and its state, alone), and the step is counted in
+        :attr:`diagnostics`.
+
+        :raises ValueError: with ``nonfinite="raise"``, if the loss or a parameter's gradient
+            is NaN or infinite, naming the parameters.
         """
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss, params = call_with_params(self.differentiable_loss, model, guide, *args, **kwargs)
         value = loss.detach().item()
         if not math.isfinite(value):
-            raise ValueError(
-                f"{type(self).__name__}: the loss is {value}; a log density is NaN or infinite "
-                "for every particle. Run with pyro.enable_validation(True) to find the site."
+            return self._nonfinite(
+                value, params, [],
+                f"the loss is {value}; a log density is NaN or infinite for every particle. "
+                "Run with pyro.enable_validation(True) to find the site."
             )
-        if loss.requires_grad:
-            loss.backward(retain_graph=self.retain_graph)
+        names = [name for name, leaf in params.items() if leaf.requires_grad]
+        if not (loss.requires_grad and names):
+            return value
+        grads = torch.autograd.grad(loss, [params[n] for n in names],
+                                    retain_graph=self.retain_graph, allow_unused=True)
+        grads = dict(zip(names, grads, strict=True))
+        if not _all_finite([g for g in grads.values() if g is not None]):
+            bad = [n for n, g in grads.items() if g is not None and not torch.isfinite(g).all()]
+            return self._nonfinite(value, params, bad,
+                                   f"the gradient of parameters {bad} is NaN or infinite")
+        for name, grad in grads.items():
+            if grad is None:
+                continue
+            leaf = params[name]
+            leaf.grad = grad if leaf.grad is None else leaf.grad + grad
         return value
+
+    def _nonfinite(self, value, params, bad, message):
+        """Raise, or skip the step: clear the gradients so no optimizer step applies."""
+        if self.nonfinite == "raise":
+            raise ValueError(
+                f"{type(self).__name__}: {message}; the parameters are left as they were. "
+                "Pass nonfinite='skip' to skip such steps (counted in .diagnostics)."
+            )
+        for leaf in params.values():
+            leaf.grad = None
+        self.diagnostics["skipped_steps"] += 1
+        counts = self.diagnostics["skipped_params"]
+        for name in bad:
+            counts[name] = counts.get(name, 0) + 1
+        return value
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every tensor is finite, with one device synchronization per device."""
+    flags: dict = {}
+    for tensor in tensors:
+        flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    return all(bool(torch.stack(group).all()) for group in flags.values())
 
 
 def check_unit_subsampling(terms, objective: str) -> None:

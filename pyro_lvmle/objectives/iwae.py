@@ -49,14 +49,19 @@ class TraceIWAE_ELBO(ParticleObjective):
       ``"reparam"`` for the rest.
     * ``"auto"``: DReG for the reparameterizable sites, VIMCO for the others.
 
-    The guide's parameters must be its own (not shared with the model) for ``"dreg"`` and
-    ``"auto"``, and non-reparameterizable sites are assumed not to be computed from
-    reparameterized ones in ``"auto"``.
+    Parameters the guide shares with the model (every model parameter under
+    :class:`~pyro_lvmle.traces.PriorGuide`) get DReG's weights on their path derivative
+    and the plain :math:`\tilde w_k` on their direct model derivative (one extra model
+    evaluation); under ``poutine.scale(scale=s)`` on the guide's sites the DReG weights are
+    :math:`(1 - s)\tilde w_k + s\tilde w_k^2`. Non-reparameterizable sites are assumed not
+    to be computed from reparameterized ones in ``"auto"``.
 
     :param int num_particles: :math:`K`.
     :param str estimator: ``"reparam"``, ``"dreg"``, ``"vimco"`` or ``"auto"``.
     :param int max_plate_nesting: guessed when left at infinity.
     :param bool retain_graph: passed to ``backward``.
+    :param str nonfinite: ``"raise"`` or ``"skip"`` a step whose loss or gradient is
+        NaN or infinite (see :class:`~pyro_lvmle.objectives.ParticleObjective`).
 
     References:
 
@@ -80,12 +85,13 @@ class TraceIWAE_ELBO(ParticleObjective):
     """
 
     def __init__(self, num_particles: int = 8, estimator: str = "auto",
-                 max_plate_nesting: float = math.inf, retain_graph: bool | None = None):
+                 max_plate_nesting: float = math.inf, retain_graph: bool | None = None, *,
+                 nonfinite: str = "raise"):
         if estimator not in _ESTIMATORS:
             raise ValueError(
                 f"TraceIWAE_ELBO: estimator must be one of {_ESTIMATORS}, got {estimator!r}"
             )
-        super().__init__(num_particles, max_plate_nesting, retain_graph)
+        super().__init__(num_particles, max_plate_nesting, retain_graph, nonfinite=nonfinite)
         self.estimator = estimator
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
@@ -124,24 +130,58 @@ def iwae_surrogate(terms, estimator: str):
             # the direct term -sum_k w~_k grad log q(z_k) of non-reparameterized sites, which
             # the path-only weights of DReG leave out
             w = torch.softmax(log_w.detach(), 0)
-            surrogate = surrogate - terms.unit_scale * (w * terms.log_q_score_direct).sum()
+            surrogate = surrogate - terms.unit_scale * (w * terms.log_q_nonreparam_direct).sum()
     return bound, surrogate
 
 
 def _dreg_surrogate(terms):
-    r"""Model: :math:`\sum_k \tilde w_k \nabla_\theta \log w_k`; guide: the path derivative
-    of :math:`\log w_k` weighted by :math:`\tilde w_k^2` (Tucker et al. 2019, eq. 5)."""
-    # log q with the guide's parameters held fixed: value log q, gradient along paths only
-    log_q_path = terms.log_q - terms.log_q_direct + terms.log_q_direct.detach()
-    log_w_path = terms.log_p - log_q_path
+    r"""The doubly reparameterized surrogate (Tucker et al. 2019, eq. 5), for shared
+    parameters and scaled guide sites too.
+
+    With :math:`\log w_k = f_k` (guide sites scaled by :math:`s`) and
+    :math:`\tilde w = \mathrm{softmax}(f)`, the direct derivative of :math:`f_k` through
+    :math:`-s \log q_\phi(z_k)` satisfies, by the reparameterization identity
+    :math:`\mathbb{E}_q[h(z)\,\partial_\phi \log q_\phi(z)] =
+    \mathbb{E}[\partial_z h\,\partial_\phi z]` with :math:`h = \tilde w_k`,
+
+    .. math::
+
+        \mathbb{E}\Big[\sum_k \tilde w_k\, s\, \partial_\phi \log q_\phi(z_k)\Big]
+        = s\,\mathbb{E}\Big[\sum_k (\tilde w_k - \tilde w_k^2)\,
+            \nabla^{\mathrm{path}} f_k\Big],
+
+    so the gradient of the bound, for any parameter (the model's, the guide's, or one both
+    read), is estimated without the score term by
+
+    .. math::
+
+        \sum_k \tilde w_k\, \partial^{\mathrm{direct}} \log p(x, z_k)
+        + \sum_k \big((1 - s)\tilde w_k + s \tilde w_k^2\big)\, \nabla^{\mathrm{path}} f_k.
+
+    A model-only parameter has no path term, a guide-only one no direct model term; a shared
+    one has both, and needs the model's direct part (``terms.log_p_direct``)."""
+    if terms.guide_scale is None:
+        raise ValueError(
+            "TraceIWAE_ELBO: DReG needs one scale on every reparameterized guide site (one "
+            "poutine.scale over the guide's latents), but their scales differ; use "
+            "estimator='reparam' (or 'vimco')"
+        )
+    scale = terms.guide_scale
     w = torch.softmax(terms.log_weights.detach(), 0)
+    weight = (1.0 - scale) * w + scale * w**2
+    # log q with the parameters held fixed: value log q, gradient along paths only
+    log_q_path = terms.log_q - terms.log_q_direct + terms.log_q_direct.detach()
+    if terms.log_p_direct is not None:  # parameters shared by model and guide
+        path = (terms.log_p - terms.log_p_direct) - (terms.log_q - terms.log_q_direct)
+        return terms.unit_scale * ((w * terms.log_p_direct).sum() + (weight * path).sum())
+    # no shared parameter: log p's gradient is direct in the model's parameters and a path
+    # derivative in the guide's, so the guide's weight change is applied to the guide's alone
+    log_w_path = terms.log_p - log_q_path
     surrogate = terms.unit_scale * (w * log_w_path).sum()
-    params = [p for p in terms.guide_params if p.requires_grad]
+    params = [p for p in terms.guide_params.values() if p.requires_grad]
     if not params or not torch.is_grad_enabled() or not log_w_path.requires_grad:
         return surrogate
-    # the guide's path terms need weight w~^2, not w~: add the difference for the guide's
-    # parameters alone, linearized so that the model's parameters are untouched
-    extra = terms.unit_scale * ((w**2 - w) * log_w_path).sum()
+    extra = terms.unit_scale * ((weight - w) * log_w_path).sum()
     grads = torch.autograd.grad(extra, params, retain_graph=True, allow_unused=True)
     for param, grad in zip(params, grads, strict=True):
         if grad is not None:

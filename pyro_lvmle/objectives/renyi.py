@@ -41,6 +41,8 @@ class TraceRenyi_ELBO(ParticleObjective):
     :param bool vectorize_particles: accepted for compatibility with Pyro's ``RenyiELBO``;
         particles are always vectorized.
     :param bool retain_graph: passed to ``backward``.
+    :param str nonfinite: ``"raise"`` or ``"skip"`` a step whose loss or gradient is
+        NaN or infinite (see :class:`~pyro_lvmle.objectives.ParticleObjective`).
 
     References:
 
@@ -61,13 +63,14 @@ class TraceRenyi_ELBO(ParticleObjective):
 
     def __init__(self, alpha: float = 0.0, num_particles: int = 2,
                  max_plate_nesting: float = math.inf, vectorize_particles: bool = True,
-                 retain_graph: bool | None = None):
+                 retain_graph: bool | None = None, *,
+                 nonfinite: str = "raise"):
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
             raise ValueError(
                 f"TraceRenyi_ELBO: alpha must be a finite number >= 0 (a lower bound), got "
                 f"{alpha!r}"
             )
-        super().__init__(num_particles, max_plate_nesting, retain_graph)
+        super().__init__(num_particles, max_plate_nesting, retain_graph, nonfinite=nonfinite)
         self.alpha = float(alpha)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

@@ -38,6 +38,8 @@ class TraceSTL_ELBO(ParticleObjective):
     :param int num_particles: :math:`K`.
     :param int max_plate_nesting: guessed when left at infinity.
     :param bool retain_graph: passed to ``backward``.
+    :param str nonfinite: ``"raise"`` or ``"skip"`` a step whose loss or gradient is
+        NaN or infinite (see :class:`~pyro_lvmle.objectives.ParticleObjective`).
 
     References:
 
@@ -55,8 +57,9 @@ class TraceSTL_ELBO(ParticleObjective):
     """
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = math.inf,
-                 retain_graph: bool | None = None):
-        super().__init__(num_particles, max_plate_nesting, retain_graph)
+                 retain_graph: bool | None = None, *,
+                 nonfinite: str = "raise"):
+        super().__init__(num_particles, max_plate_nesting, retain_graph, nonfinite=nonfinite)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """Minus the ELBO; its gradient is minus the STL estimator."""

@@ -37,7 +37,10 @@ class TraceTVO_ELBO(ParticleObjective):
         \qquad f = \log w,
 
     the covariance centred on leave-one-out means, so that a single :math:`\beta_0 = 0` gives
-    the unbiased score-function gradient of the ELBO.
+    the unbiased score-function gradient of the ELBO. Under ``poutine.scale`` the log weight
+    :math:`f` is scaled as its sites are, while :math:`q` in
+    :math:`\pi_\beta \propto q\, w^\beta` and in the score stays the unscaled density the
+    particles are drawn from.
 
     :param int num_particles: :math:`K`.
     :param int num_betas: :math:`J`, the number of partition points: :math:`\beta_0 = 0`
@@ -48,6 +51,8 @@ class TraceTVO_ELBO(ParticleObjective):
         increasing and below 1, instead of ``num_betas``.
     :param int max_plate_nesting: guessed when left at infinity.
     :param bool retain_graph: passed to ``backward``.
+    :param str nonfinite: ``"raise"`` or ``"skip"`` a step whose loss or gradient is
+        NaN or infinite (see :class:`~pyro_lvmle.objectives.ParticleObjective`).
 
     References:
 
@@ -66,8 +71,9 @@ class TraceTVO_ELBO(ParticleObjective):
 
     def __init__(self, num_particles: int = 10, num_betas: int = 5, *,
                  betas: Sequence[float] | None = None, min_beta: float = 0.1,
-                 max_plate_nesting: float = math.inf, retain_graph: bool | None = None):
-        super().__init__(num_particles, max_plate_nesting, retain_graph)
+                 max_plate_nesting: float = math.inf, retain_graph: bool | None = None,
+                 nonfinite: str = "raise"):
+        super().__init__(num_particles, max_plate_nesting, retain_graph, nonfinite=nonfinite)
         if betas is None:
             if isinstance(num_betas, bool) or not isinstance(num_betas, int) or num_betas < 1:
                 raise ValueError(f"TraceTVO_ELBO: num_betas must be a positive int, got "
@@ -89,19 +95,23 @@ class TraceTVO_ELBO(ParticleObjective):
         """Minus the TVO bound; its gradient is minus the covariance estimator."""
         terms = self._terms(model, guide, args, kwargs, detach_values=True)
         check_unit_subsampling(terms, "TraceTVO_ELBO")
-        value, surrogate = tvo_surrogate(terms.log_p, terms.log_q, self.betas)
+        log_q_score = terms.log_q_score if terms.log_q_score is not None \
+            else torch.zeros_like(terms.log_q)
+        value, surrogate = tvo_surrogate(terms.log_weights, log_q_score, self.betas)
         value, surrogate = terms.unit_scale * value, terms.unit_scale * surrogate
         return negative_loss(value, surrogate)
 
 
-def tvo_surrogate(log_p, log_q, betas):
+def tvo_surrogate(log_weights, log_q_score, betas):
     """``(bound, surrogate)`` summed over units, for log densities at detached samples.
 
-    :param torch.Tensor log_p: ``(K, *units)`` model log densities.
-    :param torch.Tensor log_q: ``(K, *units)`` guide log densities.
+    :param torch.Tensor log_weights: ``(K, *units)`` log weights :math:`f = \\log p - \\log q`
+        (scaled as the sites are), differentiable directly in the parameters.
+    :param torch.Tensor log_q_score: ``(K, *units)`` the guide's unscaled log density, the
+        score of the distribution the particles are drawn from.
     :param list betas: the partition, starting at 0.
     """
-    f = log_p - log_q  # (K, *units), differentiable directly in theta and phi
+    f = log_weights
     f_det = f.detach()
     num = f.shape[0]
     widths = [b1 - b0 for b0, b1 in zip(betas, [*betas[1:], 1.0], strict=True)]
@@ -113,7 +123,7 @@ def tvo_surrogate(log_p, log_q, betas):
             loo = (mean - pi * f_det) / (1.0 - pi).clamp(min=torch.finfo(f.dtype).tiny)
         else:
             loo = torch.zeros_like(f_det)
-        score = log_q + beta * f  # grad log pi~_beta(z) with z fixed
+        score = log_q_score + beta * f  # grad log pi~_beta(z) with z fixed
         value = value + width * mean.sum()
         surrogate = surrogate + width * ((pi * f).sum() + (pi * (f_det - loo) * score).sum())
     return value, surrogate

@@ -7,7 +7,13 @@ log-weight components every objective needs, with plate and subsampling bookkeep
 
 from .discrete import MAX_ENUMERATED_SUPPORT, DiscreteBlock
 from .enum import EnumeratedPosterior
-from .particles import PARTICLE_PLATE, ParticleTerms, guess_max_plate_nesting, particle_terms
+from .particles import (
+    PARTICLE_PLATE,
+    ParticleTerms,
+    check_programs,
+    guess_max_plate_nesting,
+    particle_terms,
+)
 from .potential import CHAIN_PLATE, LatentSite, Potential
 from .prior_guide import PriorGuide
 
@@ -21,6 +27,7 @@ __all__ = [
     "Potential",
     "ParticleTerms",
     "PriorGuide",
+    "check_programs",
     "guess_max_plate_nesting",
     "particle_terms",
 ]

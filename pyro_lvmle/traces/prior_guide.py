@@ -20,8 +20,8 @@ class PriorGuide:
         \qquad z_k \sim p(z; \theta),
 
     differentiated through reparameterized prior draws. The guide shares the model's
-    parameters, so use it with ``estimator="reparam"`` (or ``"vimco"`` for discrete
-    latents); DReG and STL assume the guide's parameters are its own.
+    parameters; every objective accounts for that (DReG splits their direct and path
+    derivatives, reweighted wake-sleep gives them wake-theta alone), so any estimator works.
 
     :param model: the Pyro model whose prior to sample.
 

@@ -7,6 +7,7 @@ quadrature precision. Both give the exact gradient of E[objective] by autograd, 
 independently of the package's objectives.
 """
 
+import contextlib
 import itertools
 import math
 
@@ -116,3 +117,83 @@ def exact_gradient(expected):
     grads = torch.autograd.grad(expected, list(params.values()), allow_unused=True)
     return {n: (torch.zeros_like(params[n]) if g is None else g)
             for n, g in zip(params, grads, strict=True)}
+
+
+# --- exact expectations of an estimator: its own draws enumerated, or on a quadrature grid ---
+
+@contextlib.contextmanager
+def fixed_draws(normal=None, bernoulli=None):
+    """Make the programs' draws given values: ``Normal.rsample``'s standard normal noise is
+    ``normal[k]`` for particle ``k`` (the same for every datum), ``Bernoulli.sample`` returns
+    ``bernoulli`` reshaped to the draw. With the estimator's randomness fixed this way, the sum
+    over a grid of draws, weighted by their probabilities, is the estimator's exact expectation.
+    """
+    import torch.distributions.normal as normal_module
+
+    old_normal, old_bernoulli = normal_module._standard_normal, torch.bernoulli
+
+    # a draw of another layout (the objectives' one unvectorized validation run, whose values
+    # are discarded) gets zeros
+    def standard_normal(shape, dtype, device):
+        values = torch.as_tensor(normal, dtype=dtype, device=device)
+        if values.numel() == 1:
+            return values.reshape(()).expand(shape)
+        if len(shape) == 0 or shape[0] != values.numel():
+            return torch.zeros(shape, dtype=dtype, device=device)
+        return values.reshape((-1,) + (1,) * (len(shape) - 1)).expand(shape)
+
+    def bernoulli_draw(probs, *args, **kwargs):
+        values = torch.as_tensor(bernoulli, dtype=probs.dtype)
+        if values.numel() != probs.numel():
+            return torch.zeros_like(probs)
+        return values.reshape(probs.shape)
+
+    if normal is not None:
+        normal_module._standard_normal = standard_normal
+    if bernoulli is not None:
+        torch.bernoulli = bernoulli_draw
+    try:
+        yield
+    finally:
+        normal_module._standard_normal, torch.bernoulli = old_normal, old_bernoulli
+
+
+def mean_gradient(loss, model, guide, args, draws):
+    """``sum_j p_j * grad(bound)`` over ``draws = [(p_j, fixed_draws(...)), ...]``, by
+    parameter name: the exact expected gradient when the draws enumerate the estimator's
+    randomness."""
+    params = leaves()
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for prob, context in draws:
+        with context:
+            value = -loss.differentiable_loss(model, guide, *args)
+        grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
+        for name, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                total[name] = total[name] + prob * grad
+    return total
+
+
+def bernoulli_draws(q_logits, num_particles):
+    """Every configuration of ``num_particles`` x ``len(q_logits)`` binary draws, with its
+    probability under the guide's ``Bernoulli(logits=q_logits)``."""
+    num_data = len(q_logits)
+    q = dist.Bernoulli(logits=q_logits.detach())
+    draws = []
+    for bits in itertools.product([0.0, 1.0], repeat=num_particles * num_data):
+        config = torch.tensor(bits).reshape(num_particles, num_data)
+        prob = q.log_prob(config).sum().exp()
+        draws.append((prob, fixed_draws(bernoulli=config)))
+    return draws
+
+
+def normal_draws(num_particles, num_nodes):
+    """A Gauss-Hermite grid over the standard normal noise of ``num_particles`` particles
+    (shared by the data, which is exact for estimators that are sums over independent data)."""
+    nodes, weights = np.polynomial.hermite.hermgauss(num_nodes)
+    draws = []
+    for index in itertools.product(range(num_nodes), repeat=num_particles):
+        prob = math.prod(weights[i] for i in index) / math.pi ** (num_particles / 2)
+        eps = [math.sqrt(2.0) * nodes[i] for i in index]
+        draws.append((prob, fixed_draws(normal=eps)))
+    return draws
