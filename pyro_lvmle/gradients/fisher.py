@@ -16,9 +16,7 @@ which is the regime of stochastic approximation with Markovian noise (Younes 198
 Kong 1998; Delyon, Lavielle & Moulines 1999).
 
 With ``kernel="ula"``, many chains and one transition per step this is the particle
-gradient descent of Kuntz, Lim & Johansen (2023): an Euler discretization of a gradient
-flow on parameters and particles jointly (their "PGD"), whose particles are unadjusted
-Langevin chains.
+gradient descent ("PGD") of Kuntz, Lim & Johansen (2023).
 
 The chains are moved through the :class:`~pyro_lvmle.samplers.Sampler` protocol alone
 (``init``, ``warmup``, ``step``), on the posterior target
@@ -29,13 +27,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import pyro
 import torch
 from pyro.infer import ELBO
 
-from .._checks import check_int, check_positive, check_probability
+from .._checks import check_int
 from ..samplers import ChainStore, chain_diagnostics, make_sampler
 from ..traces import Potential
+from ..traces.params import accumulate_grads, call_with_params
 from ..traces.particles import guess_max_plate_nesting
 
 __all__ = ["Draws", "MCMCGradient", "empty_guide"]
@@ -88,18 +86,11 @@ class MCMCGradient(ELBO):
     :param bool persistent: keep the chains (and their adaptation) between calls; ``False``
         restarts them from the prior on every call, Monte Carlo EM style.
     :param int thinning: transitions between kept states.
-    :param float step_size: the initial step size of the batched kernels.
-    :param int num_steps: leapfrog steps per ``"hmc"`` transition (its step size is jittered
-        by a factor in [0.5, 1.5] per transition: a fixed trajectory length can be nearly
-        periodic on near-Gaussian posteriors).
-    :param float target_accept: the acceptance rate adaptation aims for (0.8 for HMC and
-        NUTS, 0.574 for MALA, 0.9 for ULA, whose warm-up runs with the Metropolis correction).
-    :param bool adapt_mass: adapt a diagonal mass matrix during warm-up.
-    :param bool shared_step_size: one step size for all chains (batched kernels).
     :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
-    :param discrete_step: how the batched kernels sample discrete latents that cannot be
-        summed out (a Poisson count): ``"mwg"`` (Metropolis-within-Gibbs) or ``"gwg"``
-        (Gibbs-with-gradients, binary sites), a step before each gradient step.
+    :param sampler_options: the sampler's settings, as :func:`~pyro_lvmle.samplers.make_sampler`
+        takes them: ``step_size``, ``num_steps`` (leapfrog steps of ``"hmc"``),
+        ``target_accept``, ``adapt_mass``, ``shared_step_size``, ``discrete_step`` (``"mwg"``
+        or ``"gwg"``: how discrete latents that cannot be summed out are sampled).
 
     **Mini-batches.** When latent sites live in a subsampled :class:`~pyro.plate`, every
     datum keeps its own chain state (position and mass, full size, indexed by the plate's
@@ -130,9 +121,7 @@ class MCMCGradient(ELBO):
 
     def __init__(self, kernel="nuts", num_samples: int = 1, warmup_steps: int = 100,
                  num_chains: int = 1, persistent: bool = True, thinning: int = 1, *,
-                 step_size: float = 0.1, num_steps: int = 10, target_accept: float | None = None,
-                 adapt_mass: bool = True, shared_step_size: bool = False,
-                 max_plate_nesting: int | None = None, discrete_step="mwg"):
+                 max_plate_nesting: int | None = None, **sampler_options):
         where = "MCMCGradient"
         self.num_samples = check_int(where, "num_samples", num_samples, 1)
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
@@ -140,21 +129,16 @@ class MCMCGradient(ELBO):
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0)
         if max_plate_nesting is not None:
             check_int(where, "max_plate_nesting", max_plate_nesting, 0)
-        self._options = dict(
-            step_size=check_positive(where, "step_size", step_size),
-            num_steps=check_int(where, "num_steps", num_steps, 1),
-            target_accept=None if target_accept is None
-            else check_probability(where, "target_accept", target_accept),
-            adapt_step_size=warmup_steps > 0, adapt_mass=bool(adapt_mass),
-            shared_step_size=bool(shared_step_size), discrete_step=discrete_step)
+        self._options = {"adapt_step_size": warmup_steps > 0, **sampler_options}
         super().__init__(num_particles=num_chains * num_samples,
                          max_plate_nesting=max_plate_nesting)
         self.kernel = kernel
         self.persistent = bool(persistent)
-        try:  # a bad kernel is refused here; "nuts" is built on the model at the first call
-            self.sampler = make_sampler(kernel, **self._options) if kernel != "nuts" else None
+        try:  # bad settings are refused here; "nuts" is built on the model at the first call
+            sampler = make_sampler("hmc" if kernel == "nuts" else kernel, **self._options)
         except (ValueError, TypeError) as error:
             raise type(error)(f"{where}: {error}") from None
+        self.sampler = None if kernel == "nuts" else sampler
         self._model = None
         self._vectorization = None
         self.diagnostics: dict = {}
@@ -196,29 +180,16 @@ class MCMCGradient(ELBO):
         if self.sampler is None:
             self.sampler = make_sampler("nuts", model, max_plate_nesting=self.max_plate_nesting,
                                         **self._options)
-        store = self.chains
         if not self.persistent:
-            store.reset()
+            self.chains.reset()
         with torch.enable_grad():  # the samplers differentiate the potential, even in loss()
             potential = Potential(model, args, kwargs, max_plate_nesting=self.max_plate_nesting,
                                   vectorization=self._vectorization)
             self._vectorization = potential.vectorization  # chosen once per model
-            prior = potential.sample_prior(self.num_chains)
-            store.allocate(potential, prior)
-            warm = store.all_seen(potential)
-            position = store.gather("position", potential, fresh=prior)
-            state = self.sampler.init(position, potential, like=store.like(potential))
-            if not warm and self.warmup_steps > 0:
-                state, _ = self.sampler.warmup(state, potential, self.warmup_steps)
-            kept, infos = [], []
-            for _ in range(num_samples):
-                for _ in range(self.thinning):
-                    state, info = self.sampler.step(state, potential)
-                    infos.append(info)
-                kept.append(state.position)
-        store.save(potential, state)
-        positions = torch.stack(kept, 1)
-        diagnostics = {**chain_diagnostics(infos, positions, state), "warmup": not warm}
+            positions, infos, state, warmed = self.chains.advance(
+                self.sampler, potential, num_samples=num_samples, thinning=self.thinning,
+                warmup_steps=self.warmup_steps)
+        diagnostics = {**chain_diagnostics(infos, positions, state), "warmup": warmed}
         self.diagnostics = diagnostics
         flat = positions.reshape(-1, potential.dim)
         self.samples = {name: value.reshape((flat.shape[0],) + site.shape) for site, (name, value)
@@ -247,21 +218,13 @@ class MCMCGradient(ELBO):
             return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Advance the chains, backpropagate the loss into the parameters, return the loss.
-        A non-finite gradient raises and leaves every parameter's ``.grad`` as it was."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if not loss.requires_grad:  # a model without pyro.param: nothing to differentiate
-            return loss.item()
-        # named_parameters reads the store without pyro.param, which SVI would record
-        leaves = dict(pyro.get_param_store().named_parameters())
-        before = {name: None if p.grad is None else p.grad.clone() for name, p in leaves.items()}
-        loss.backward()
-        for name, leaf in leaves.items():
-            if leaf.grad is not None and not torch.isfinite(leaf.grad).all():
-                for other, grad in before.items():
-                    leaves[other].grad = grad
-                raise ValueError(f"MCMCGradient: the gradient of parameter {name!r} is not "
-                                 "finite; the parameters' gradients are left as they were")
+        """Advance the chains, add the loss's gradient to the parameters' ``.grad``, return
+        the loss. A non-finite gradient raises and leaves every ``.grad`` as it was."""
+        loss, params = call_with_params(self.differentiable_loss, model, guide, *args, **kwargs)
+        bad = accumulate_grads(loss, params)
+        if bad:
+            raise ValueError(f"MCMCGradient: the gradient of parameters {bad} is not finite; "
+                             "the parameters' gradients are left as they were")
         return loss.item()
 
     def _get_trace(self, model, guide, args, kwargs):

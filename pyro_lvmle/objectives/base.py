@@ -17,7 +17,7 @@ import torch
 from pyro.infer import ELBO
 
 from ..traces import check_programs, guess_max_plate_nesting, particle_terms
-from ..traces.params import call_with_params
+from ..traces.params import accumulate_grads, call_with_params
 
 __all__ = [
     "ParticleObjective",
@@ -119,21 +119,10 @@ class ParticleObjective(ELBO):
                 f"the loss is {value}; a log density is NaN or infinite for every particle. "
                 "Run with pyro.enable_validation(True) to find the site."
             )
-        names = [name for name, leaf in params.items() if leaf.requires_grad]
-        if not (loss.requires_grad and names):
-            return value
-        grads = torch.autograd.grad(loss, [params[n] for n in names],
-                                    retain_graph=self.retain_graph, allow_unused=True)
-        grads = dict(zip(names, grads, strict=True))
-        if not _all_finite([g for g in grads.values() if g is not None]):
-            bad = [n for n, g in grads.items() if g is not None and not torch.isfinite(g).all()]
+        bad = accumulate_grads(loss, params, self.retain_graph)
+        if bad:
             return self._nonfinite(value, params, bad,
                                    f"the gradient of parameters {bad} is NaN or infinite")
-        for name, grad in grads.items():
-            if grad is None:
-                continue
-            leaf = params[name]
-            leaf.grad = grad if leaf.grad is None else leaf.grad + grad
         return value
 
     def _nonfinite(self, value, params, bad, message):
@@ -150,14 +139,6 @@ class ParticleObjective(ELBO):
         for name in bad:
             counts[name] = counts.get(name, 0) + 1
         return value
-
-
-def _all_finite(tensors) -> bool:
-    """Whether every tensor is finite, with one device synchronization per device."""
-    flags: dict = {}
-    for tensor in tensors:
-        flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
-    return all(bool(torch.stack(group).all()) for group in flags.values())
 
 
 def check_unit_subsampling(terms, objective: str) -> None:

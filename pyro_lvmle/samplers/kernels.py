@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-from .._checks import check_positive
+from .._checks import check_int, check_positive, check_probability
 from .base import ChainState, StepInfo, stack_info
 from .discrete import gibbs_with_gradients_step, metropolis_within_gibbs_step, mixed_step
 from .hmc import dual_averaging_init, hmc_init, hmc_step, mala_step, ula_step
@@ -194,6 +194,9 @@ def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size:
     from .base import Sampler
     from .pyro_kernel import PyroKernel
 
+    num_steps = check_int("make_sampler", "num_steps", num_steps, 1)
+    if target_accept is not None:
+        target_accept = check_probability("make_sampler", "target_accept", target_accept)
     if isinstance(discrete_step, str):
         if discrete_step not in DISCRETE_STEPS:
             raise ValueError(f"unknown discrete_step {discrete_step!r}; use one of "

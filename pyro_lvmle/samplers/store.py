@@ -94,6 +94,37 @@ class ChainStore:
         return ChainState(position, nan, torch.full_like(position, math.nan), self.step_size,
                           self.gather("inverse_mass", potential), self.adaptation)
 
+    def advance(self, sampler, potential, *, num_samples: int, thinning: int = 1,
+                warmup_steps: int = 0):
+        """Move the batch's chains: start unseen ones from the prior, warm the chains up if
+        any is new, then keep ``num_samples`` states ``thinning`` transitions apart, and save
+        the chains back. Only the :class:`~pyro_lvmle.samplers.Sampler` protocol is used.
+
+        :param sampler: the sampler.
+        :param potential: the current target (a :class:`~pyro_lvmle.traces.Potential`).
+        :param int num_samples: kept states per chain.
+        :param int thinning: transitions between kept states.
+        :param int warmup_steps: adapting transitions when some chain is new.
+        :returns: the kept positions ``(C, S, D)``, every transition's
+            :class:`~pyro_lvmle.samplers.StepInfo`, the final state, and whether the chains
+            were warmed up.
+        """
+        prior = potential.sample_prior(self.num_chains)
+        self.allocate(potential, prior)
+        warm = self.all_seen(potential)
+        position = self.gather("position", potential, fresh=prior)
+        state = sampler.init(position, potential, like=self.like(potential))
+        if not warm and warmup_steps > 0:
+            state, _ = sampler.warmup(state, potential, warmup_steps)
+        kept, infos = [], []
+        for _ in range(num_samples):
+            for _ in range(thinning):
+                state, info = sampler.step(state, potential)
+                infos.append(info)
+            kept.append(state.position)
+        self.save(potential, state)
+        return torch.stack(kept, 1), infos, state, not warm
+
     def all_seen(self, potential) -> bool:
         """Whether every chain of the potential's batch has run before.
 

@@ -6,6 +6,7 @@ import pyro.poutine as poutine
 import torch
 
 __all__ = [
+    "accumulate_grads",
     "assign_params",
     "call_with_params",
     "enumerated_log_marginal",
@@ -26,6 +27,39 @@ def call_with_params(fn, *args, **kwargs) -> tuple[object, dict[str, torch.Tenso
         result = fn(*args, **kwargs)
     params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
     return result, params
+
+
+def accumulate_grads(loss: torch.Tensor, params: dict[str, torch.Tensor],
+                     retain_graph: bool | None = None) -> list[str]:
+    """Add the gradient of ``loss`` to each parameter's ``.grad``, only if every gradient is
+    finite, so a NaN or infinite value never reaches ``.grad``.
+
+    :param torch.Tensor loss: a scalar.
+    :param dict params: ``{name: unconstrained leaf}``, as :func:`call_with_params` gives them.
+    :param bool retain_graph: passed to :func:`torch.autograd.grad`.
+    :returns: the names of the parameters whose gradient is not finite (nothing was
+        accumulated then); ``[]`` otherwise.
+    """
+    names = [name for name, leaf in params.items() if leaf.requires_grad]
+    if not (loss.requires_grad and names):
+        return []
+    grads = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=retain_graph,
+                                allow_unused=True)
+    grads = {n: g for n, g in zip(names, grads, strict=True) if g is not None}
+    if not _all_finite(grads.values()):
+        return [n for n, g in grads.items() if not torch.isfinite(g).all()]
+    for name, grad in grads.items():
+        leaf = params[name]
+        leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+    return []
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every tensor is finite, with one device synchronization per device."""
+    flags: dict = {}
+    for tensor in tensors:
+        flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    return all(bool(torch.stack(group).all()) for group in flags.values())
 
 
 def program_params(fn, *args, **kwargs) -> dict[str, torch.Tensor]:

@@ -21,22 +21,28 @@ ULA is left out: it is not invariant (its stationary law is off by O(step size),
 
 from __future__ import annotations
 
+import inspect
 import math
 from functools import partial
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
 from pyro_lvmle.samplers import (
     BatchedKernel,
     DiscreteBlock,
+    PyroKernel,
     gibbs_with_gradients_step,
     hmc_init,
     hmc_step,
+    make_sampler,
     mala_step,
     metropolis_within_gibbs_step,
     mixed_step,
 )
+from pyro_lvmle.traces import Potential
 from tests.common import assert_within_stderr
 
 NUM_CHAINS = 20_000
@@ -310,6 +316,54 @@ class BernoulliGaussian(_Target):
         return mean, second
 
 
+def _tilt(unconstrained, tilt):
+    if tilt is not None:
+        pyro.factor("tilt", -(unconstrained * tilt).sum())
+
+
+def gaussian_model(tilt=None):
+    """z ~ MVN(mu, Sigma) in two dimensions, written as a Pyro model."""
+    cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]])
+    z = pyro.sample("z", dist.MultivariateNormal(torch.tensor([1.0, -1.0]), cov))
+    _tilt(z, tilt)
+
+
+def poisson_gamma_model(tilt=None):
+    """lam ~ Gamma(3, 1) and two unmarked Poisson(lam) counts in a plate: the potential
+    samples the counts (they cannot be summed out)."""
+    lam = pyro.sample("lam", dist.Gamma(3.0, 1.0))
+    with pyro.plate("counts", 2):
+        n = pyro.sample("n", dist.Poisson(lam))
+    _tilt(torch.cat([lam.log().reshape(-1), n.reshape(-1)]), tilt)
+
+
+class _ModelTarget:
+    """A Pyro model without observations, as users write one, turned into a target by
+    :class:`~pyro_lvmle.traces.Potential`: its posterior is its prior, so the potential's own
+    prior draws are exact draws. :meth:`tilt` adds ``tilt . q`` (q unconstrained) to the
+    energy by a ``pyro.factor``: the wrong target of the controls, as a model that Pyro's
+    kernels can run too."""
+
+    def __init__(self, model, tilt=None):
+        self.model = partial(model, tilt=tilt)
+        self._plain = model
+        self.potential = Potential(self.model, max_plate_nesting=1)
+
+    def __getattr__(self, name):  # the target protocol and layout: the potential's
+        if name == "potential":
+            raise AttributeError(name)
+        return getattr(self.potential, name)
+
+    def __call__(self, q):
+        return self.potential(q)
+
+    def sample(self, n):
+        return self.potential.sample_prior(n)
+
+    def tilt(self, tilt):
+        return _ModelTarget(self._plain, tilt)
+
+
 TARGETS = {
     "gaussian": Gaussian,
     "banana": Banana,
@@ -319,6 +373,8 @@ TARGETS = {
     "bernoulli": Bernoulli,
     "ising": Ising,
     "bernoulli_gaussian": BernoulliGaussian,
+    "gaussian_model": partial(_ModelTarget, gaussian_model),
+    "poisson_gamma_model": partial(_ModelTarget, poisson_gamma_model),
 }
 
 
@@ -369,7 +425,8 @@ def protocol(make_sampler, num_chains=NUM_CHAINS):
     ``num_chains`` exact draws."""
 
     def move(position, target):
-        sampler = make_sampler()
+        sampler = make_sampler(target) if inspect.signature(make_sampler).parameters \
+            else make_sampler()
         state = sampler.init(position, target)
         state, _ = sampler.step(state, target)
         return state.position
@@ -387,6 +444,15 @@ KERNELS = {
     "mixed": functional(mixed_step, step_size=0.3, num_steps=5),
     "mixed_gwg_mala": functional(mixed_step, step_size=0.5, continuous_step=mala_step,
                                  discrete_step=gibbs_with_gradients_step),
+    # Pyro's own kernels through the adapter, on model-built targets (a kernel per chain)
+    "pyro_nuts": protocol(lambda target: PyroKernel(pyro.infer.NUTS(
+        target.model, step_size=0.5, adapt_step_size=False, adapt_mass_matrix=False)),
+        num_chains=2000),
+    "pyro_hmc": protocol(lambda target: PyroKernel(pyro.infer.HMC(
+        target.model, step_size=0.4, num_steps=4, adapt_step_size=False,
+        adapt_mass_matrix=False)), num_chains=2000),
+    "make_sampler_hmc": protocol(lambda: make_sampler("hmc", step_size=0.3, num_steps=5,
+                                                      adapt_step_size=False)),
     "batched_kernel_mixed": protocol(lambda: BatchedKernel(
         partial(mixed_step, num_steps=5), step_size=0.3, adapt_step_size=False)),
 }
@@ -417,6 +483,11 @@ CASES = [
     ("gwg", "bernoulli_gaussian"),
     ("mixed", "bernoulli_gaussian"),
     ("mixed_gwg_mala", "bernoulli_gaussian"),
+    # model-built targets: the posterior target of Potential, Pyro's kernels, make_sampler
+    ("pyro_nuts", "gaussian_model"),
+    ("pyro_hmc", "gaussian_model"),
+    ("make_sampler_hmc", "gaussian_model"),
+    ("make_sampler_hmc", "poisson_gamma_model"),
 ]
 IDS = [f"{kernel}-{target}" for kernel, target in CASES]
 
@@ -456,7 +527,8 @@ def _one_transition(kernel_name, target_name, tilted=False):
     aim = target
     if tilted:  # one standard deviation per coordinate: |z| >= 7 in every case
         spread = _statistics(exact)[:, :target.dim].std(0)
-        aim = Tilted(target, 1.0 / spread)
+        aim = target.tilt(1.0 / spread) if isinstance(target, _ModelTarget) \
+            else Tilted(target, 1.0 / spread)
     moved = kernel(exact, aim)
     return exact, moved, truth, inflate
 
