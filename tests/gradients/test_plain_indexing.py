@@ -14,7 +14,9 @@ adaptive Gauss-Hermite quadrature and differentiated by autograd. Mean gradients
 to 4 standard errors from the effective sample size of the per-call gradient series (as in
 ``test_fisher.py``); the planted controls (the exact gradient at another parameter, a
 sampler aimed at a tempered posterior) must fail. The same model written for batches
-(``u[..., herd]``) runs on both paths, which agree to 1e-10 at the chains' positions.
+(``u[..., herd]``) runs on both paths, which agree to 1e-10 at the chains' positions. A count
+latent indexed plainly (the N-mixture model in long format, ``n[site]``) is sampled on the
+vmap path too, against the exact gradient by truncated summation.
 """
 
 import numpy as np
@@ -206,6 +208,53 @@ def test_forcing_the_plate_path_on_the_plainly_indexed_glmm_is_an_error():
     forced = Potential(glmm, data, vectorization="plate")
     with pytest.raises(IndexError):
         make_sampler("hmc").init(torch.zeros(4, NUM_HERDS), forced)
+
+
+NUM_SITES, NUM_VISITS = 10, 3
+
+
+def nmixture_long(y, site):
+    """Royle's N-mixture model in long format, indexed plainly: ``n[site]``."""
+    lam = pyro.param("lam", torch.tensor(3.0), constraint=constraints.positive)
+    p = pyro.param("p", torch.tensor(0.6), constraint=constraints.unit_interval)
+    with pyro.plate("sites", NUM_SITES):
+        n = pyro.sample("n", dist.Poisson(lam))
+    with pyro.plate("obs", len(y)):
+        pyro.sample("y", dist.Binomial(n[site], p), obs=y)
+
+
+def nmixture_log_likelihood(y, site, lam, p, max_count=80):
+    r""":math:`\sum_i \log \sum_{n \ge \max_j y_{ij}} \mathrm{Poisson}(n; \lambda)
+    \prod_j \mathrm{Binomial}(y_{ij}; n, p)`, truncated at ``max_count`` (the Poisson(3) tail
+    beyond 80 is below 1e-80)."""
+    count = torch.arange(float(max_count))[:, None]  # (K, 1)
+    per_obs = dist.Binomial(count.expand(-1, len(y)), p, validate_args=False).log_prob(y)
+    terms = dist.Poisson(lam).log_prob(count) + torch.zeros(max_count, NUM_SITES).index_add(
+        1, site, per_obs)
+    largest = torch.full((NUM_SITES,), -1.0).scatter_reduce(0, site, y, "amax")
+    return terms.masked_fill(count < largest, -torch.inf).logsumexp(0).sum()
+
+
+def test_a_plainly_indexed_count_latent_gives_the_exact_gradient_on_the_vmap_path():
+    generator = torch.Generator().manual_seed(1)
+    n = torch.poisson(torch.full((NUM_SITES,), 4.0), generator=generator)
+    site = torch.arange(NUM_SITES).repeat_interleave(NUM_VISITS)
+    y = torch.binomial(n[site], torch.full(site.shape, 0.5), generator=generator)
+    potential = Potential(nmixture_long, (y, site))
+    assert potential.vectorization == "vmap" and potential.discrete_blocks[0].kind == "count"
+    loss = lv.MCMCGradient("hmc", num_chains=8, warmup_steps=50)
+    series, names = gradient_series(nmixture_long, y, loss, 150, site=site)
+    ess = capped_effective_sample_size(series.unsqueeze(0))
+    mean, stderr = series.mean(0), series.std(0) / ess.sqrt()
+
+    def exact(lam_shift=0.0):
+        leaves = [pyro.param(name).unconstrained() for name in names]
+        lam, p = pyro.param("lam") + lam_shift, pyro.param("p")
+        return torch.stack(torch.autograd.grad(nmixture_log_likelihood(y, site, lam, p), leaves))
+
+    assert_within_stderr(mean, exact(), stderr, what="mean gradient, counts sampled")
+    with pytest.raises(AssertionError, match="standard errors"):  # control: lambda 2.5, not 3
+        assert_within_stderr(mean, exact(-0.5), stderr)
 
 
 def test_vmap_and_plate_paths_agree_on_mcmc_gradients_chains():
