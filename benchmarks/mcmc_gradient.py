@@ -1,4 +1,4 @@
-"""Cost of the MCMC gradient's sampler: our batched potential and HMC vs Pyro's.
+r"""Cost of the MCMC gradient's sampler: our batched potential and HMC vs Pyro's.
 
 On probabilistic PCA (d = 5 observed, q = 2 latent dimensions, N = 200 data, so 400 latent
 coordinates), one thread, float64:
@@ -16,10 +16,23 @@ coordinates), one thread, float64:
    transition) with 1, 16, 64 and 256 chains, against Pyro's NUTS driven transition by
    transition (one chain; Pyro runs further chains one after another, or one per process).
 
+3. a count model, the N-mixture model of Royle (2004) (R = 50 sites, T = 3 visits,
+   :math:`n_i \sim \mathrm{Poisson}(\lambda)` latent, :math:`y_{ij} \sim
+   \mathrm{Binomial}(n_i, p)` observed), and the same with a continuous site effect
+   (:math:`\epsilon_i \sim N(0, \sigma^2)`, :math:`n_i \sim \mathrm{Poisson}(\lambda
+   e^{\epsilon_i})`), sampled by ``MCMCGradient("hmc").draw`` (Metropolis-within-Gibbs on
+   the counts, then 10 leapfrog steps on the continuous latents, if any): potential
+   evaluations with gradient per second (chains x ``value_and_grad`` calls / s; the
+   discrete step's per-site energies, ``block_energy``, counted apart) and the effective
+   samples per second of the counts (``pyro.ops.stats.effective_sample_size`` over the
+   chains, smallest and median over sites). Pyro's NUTS cannot sample a Poisson latent:
+   the error it raises is printed.
+
 Run: ``python benchmarks/mcmc_gradient.py``.
 """
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -28,6 +41,8 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
+from pyro.ops.stats import effective_sample_size
+from torch.distributions import constraints
 
 import pyro_lvmle as lv
 from pyro_lvmle.samplers import hmc_init, hmc_step
@@ -120,11 +135,114 @@ def pyro_rate(transitions, rounds):
     return statistics.median(rates)
 
 
+def nmixture(y):
+    """Royle's N-mixture model: site abundances ``n`` latent, ``y`` ``(R, T)`` visit counts."""
+    lam = pyro.param("lam", torch.tensor(5.0), constraint=constraints.positive)
+    p = pyro.param("p", torch.tensor(0.4), constraint=constraints.unit_interval)
+    with pyro.plate("sites", y.shape[0], dim=-2):
+        n = pyro.sample("n", dist.Poisson(lam))
+        with pyro.plate("visits", y.shape[1], dim=-1):
+            pyro.sample("y", dist.Binomial(n, p), obs=y)
+
+
+def nmixture_site_effect(y):
+    """The N-mixture model with a continuous site effect on the log abundance."""
+    lam = pyro.param("lam", torch.tensor(5.0), constraint=constraints.positive)
+    p = pyro.param("p", torch.tensor(0.4), constraint=constraints.unit_interval)
+    sigma = pyro.param("sigma", torch.tensor(0.5), constraint=constraints.positive)
+    with pyro.plate("sites", y.shape[0], dim=-2):
+        effect = pyro.sample("effect", dist.Normal(0.0, sigma))
+        n = pyro.sample("n", dist.Poisson(lam * effect.exp()))
+        with pyro.plate("visits", y.shape[1], dim=-1):
+            pyro.sample("y", dist.Binomial(n, p), obs=y)
+
+
+def nmixture_long(y):
+    """:func:`nmixture` on the data in long format, indexed plainly (``n[site]``): the
+    potential evaluates it under vmap, where the counts form one block."""
+    lam = pyro.param("lam", torch.tensor(5.0), constraint=constraints.positive)
+    p = pyro.param("p", torch.tensor(0.4), constraint=constraints.unit_interval)
+    site = torch.arange(y.shape[0]).repeat_interleave(y.shape[1])
+    with pyro.plate("sites", y.shape[0]):
+        n = pyro.sample("n", dist.Poisson(lam))
+    with pyro.plate("visits", y.numel()):
+        pyro.sample("y", dist.Binomial(n[site], p), obs=y.reshape(-1))
+
+
+#: model, chains, rounds (the vmap one is slow: one round, 16 chains)
+COUNT_MODELS = {"N-mixture": (nmixture, (1, 16, 64), None),
+                "N-mixture + site effect": (nmixture_site_effect, (1, 16, 64), None),
+                "N-mixture, n[site] (vmap)": (nmixture_long, (16,), 1)}
+
+
+def _count_data(num_sites=50, num_visits=3):
+    generator = torch.Generator().manual_seed(0)
+    effect = 0.5 * torch.randn(num_sites, 1, generator=generator, dtype=torch.float64)
+    n = torch.poisson(5.0 * effect.exp(), generator=generator)
+    return torch.binomial(n.expand(num_sites, num_visits).contiguous(),
+                          torch.full((num_sites, num_visits), 0.4), generator=generator)
+
+
+def pyro_says(model, data):
+    """What Pyro's NUTS says when asked to sample ``model`` (its error's first line)."""
+    try:
+        pyro.infer.MCMC(pyro.infer.NUTS(model), num_samples=2, warmup_steps=2,
+                        disable_progbar=True).run(data)
+    except Exception as error:  # noqa: BLE001 -- any error is the answer
+        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    return "ran"
+
+
+@contextlib.contextmanager
+def _counting(calls):
+    """Count the potential's ``value_and_grad`` and ``block_energy`` calls (times chains)."""
+    originals = {name: getattr(Potential, name) for name in ("value_and_grad", "block_energy")}
+
+    def counted(name):
+        def method(self, position, *args):
+            calls[name] += position.shape[0]
+            return originals[name](self, position, *args)
+        return method
+
+    for name in originals:
+        setattr(Potential, name, counted(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(Potential, name, original)
+
+
+def count_model_rates(model, data, num_chains, num_samples, rounds, warmup_steps=100):
+    """Medians over rounds of value_and_grad and block_energy evaluations per second, and the
+    smallest and median effective samples per second of the counts, while the chains of a
+    warmed-up ``MCMCGradient("hmc")`` draw ``num_samples`` states."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    loss = lv.MCMCGradient("hmc", num_chains=num_chains, warmup_steps=warmup_steps)
+    loss.draw(model, (data,), num_samples=1)  # warm-up
+    rows = []
+    for _ in range(rounds):
+        calls = {"value_and_grad": 0, "block_energy": 0}
+        with _counting(calls):
+            start = time.perf_counter()
+            draws = loss.draw(model, (data,), num_samples=num_samples)
+            seconds = time.perf_counter() - start
+        counts = draws.positions[..., draws.potential.discrete_mask]
+        ess = effective_sample_size(counts, chain_dim=0, sample_dim=1)
+        ess = ess[torch.isfinite(ess)]
+        rows.append((calls["value_and_grad"] / seconds, calls["block_energy"] / seconds,
+                     ess.min().item() / seconds, ess.median().item() / seconds))
+    return [statistics.median(column) for column in zip(*rows, strict=True)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--transitions", type=int, default=20)
+    parser.add_argument("--count-samples", type=int, default=200)
+    parser.add_argument("--count-rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
@@ -146,6 +264,22 @@ def main():
     for chains in (1, 16, 64, 256):
         ours = ours_rate(chains, args.transitions, args.rounds)
         print(f"| {chains} | {ours:,.0f} | {pyro_eval:,.0f} | {ours / pyro_eval:.1f}x |")
+
+    data = _count_data()
+    print("\ncount models (R = 50 sites, T = 3 visits): MCMCGradient('hmc') drawing "
+          f"{args.count_samples} states per chain after 100 warm-up transitions (medians of "
+          f"{args.count_rounds} rounds)")
+    for name, (model, _, _) in COUNT_MODELS.items():
+        print(f"{name}: Pyro's NUTS: cannot run ({pyro_says(model, data)})")
+    print("| model | chains | value_and_grad / s | block_energy / s | count ESS / s (min) | "
+          "count ESS / s (median) | Pyro |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (model, num_chains, rounds) in COUNT_MODELS.items():
+        for chains in num_chains:
+            grad, block, ess_min, ess_median = count_model_rates(
+                model, data, chains, args.count_samples, rounds or args.count_rounds)
+            print(f"| {name} | {chains} | {grad:,.0f} | {block:,.0f} | {ess_min:,.1f} | "
+                  f"{ess_median:,.1f} | cannot run |")
 
 
 if __name__ == "__main__":
