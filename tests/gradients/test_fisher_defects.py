@@ -70,7 +70,7 @@ def test_a_nan_gradient_raises_and_leaves_the_gradients_as_they_were():
     leaf.grad = None
     with torch.no_grad():
         leaf.fill_(0.0)
-    with pytest.raises(ValueError, match="\['rate'\] is not finite"):
+    with pytest.raises(ValueError, match=r"\['rate'\] is not finite"):
         loss.loss_and_grads(model, lv.empty_guide, torch.tensor(0.3))
     assert leaf.grad is None  # no nan left behind for the next step
     with torch.no_grad():
