@@ -30,7 +30,8 @@ def make(name, model):
     if name == "mcem_nuts":
         return lv.MCEM(model, "nuts", num_samples=4, num_chains=2, warmup_steps=20, m_steps=20)
     if name == "saem":
-        return lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=20, m_steps=10)
+        # 50 warm-up steps: with 20, MALA's step size is not adapted yet and the chains freeze
+        return lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=50, m_steps=10)
     if name == "vem":
         return lv.VariationalEM(model, AutoNormal(model), e_steps=3, m_steps=2)
     if name == "exact_adam":
