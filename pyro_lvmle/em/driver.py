@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_callable, check_int, check_positive, check_probability
-from ..traces.params import assign_params, program_params
+from ..traces.params import _cuda_devices, assign_params, program_params
 from .history import History
 
 #: ``state_dict()["kind"]``: what a driver's saved state says it is
@@ -285,6 +285,7 @@ class Driver:
     def _run_restarts(self, args, kwargs, num_steps, progress, callback, num_restarts,
                       init_params) -> History:
         fresh = _clone(self.state_dict(with_history=False))
+        seed = int(torch.randint(2**62, ()))
         records = History()
         best = None  # (objective, restart, state)
         starts = []
@@ -295,7 +296,12 @@ class Driver:
                     fresh = {**fresh, "params": {}, "param_names": []}
                 self._restore({**fresh, "rng": _rng_state()})  # a new start draws new numbers
             self.history = History()
-            self._discover(args, kwargs)
+            # each restart creates its parameters from its own seed (drawn once from the
+            # global RNG): a driver whose steps draw no random numbers (ExactEM) still gets
+            # different random starts; the run's own draws continue the global stream
+            with torch.random.fork_rng(devices=_cuda_devices()):
+                torch.manual_seed(seed + restart)
+                self._discover(args, kwargs)
             if init_params is not None:
                 self.set_params(init_params(restart, *args, **kwargs))
             start = {n: v.clone() for n, v in self.constrained_params().items()}
@@ -313,9 +319,10 @@ class Driver:
             if best is None or objective > best[0] or (math.isnan(best[0])
                                                        and not math.isnan(objective)):
                 best = (objective, restart, _clone(self.state_dict(with_history=False)))
-        _, self.best_restart, state = best
+        _, kept, state = best
         state["rng"] = _rng_state()
         self._restore(state)
+        self.best_restart = kept
         self.history = records
         return self.history
 
