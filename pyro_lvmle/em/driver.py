@@ -284,24 +284,27 @@ class Driver:
 
     def _run_restarts(self, args, kwargs, num_steps, progress, callback, num_restarts,
                       init_params) -> History:
-        fresh = _clone(self.state_dict(with_history=False))
+        # each restart creates its parameters from its own seed (drawn once from the global
+        # RNG): a driver whose steps draw no random numbers (ExactEM) still gets different
+        # random starts; the runs' own draws continue the global stream
         seed = int(torch.randint(2**62, ()))
         records = History()
         best = None  # (objective, restart, state)
         starts = []
+        fresh = None  # the state before the first run's first step, parameters created
         for restart in range(num_restarts):
             if restart > 0:
+                state = fresh
                 if init_params is None:  # the model creates them again from its initial values
                     self._delete_params()
-                    fresh = {**fresh, "params": {}, "param_names": []}
-                self._restore({**fresh, "rng": _rng_state()})  # a new start draws new numbers
+                    state = {**fresh, "params": {}, "param_names": []}
+                self._restore({**state, "rng": _rng_state()})
             self.history = History()
-            # each restart creates its parameters from its own seed (drawn once from the
-            # global RNG): a driver whose steps draw no random numbers (ExactEM) still gets
-            # different random starts; the run's own draws continue the global stream
             with torch.random.fork_rng(devices=_cuda_devices()):
                 torch.manual_seed(seed + restart)
                 self._discover(args, kwargs)
+            if fresh is None:
+                fresh = _clone(self.state_dict(with_history=False))
             if init_params is not None:
                 self.set_params(init_params(restart, *args, **kwargs))
             start = {n: v.clone() for n, v in self.constrained_params().items()}

@@ -99,15 +99,15 @@ class VariationalEM(Driver):
         super()._discover(args, kwargs)
         if self._guide_names is None:
             self._guide_names = list(program_params(self.guide, *args, **kwargs))
-            if self.e_steps > 0 and not self._guide_names:
-                warnings.warn("VariationalEM: the guide has no parameters, so the E-steps do "
-                              "nothing; pass e_steps=0 (or a guide with parameters)",
-                              UserWarning, stacklevel=4)
-            elif self.e_steps == 0 and self._guide_names:
-                warnings.warn(f"VariationalEM: e_steps=0, so the guide's parameters "
-                              f"{self._guide_names} are never fitted and the M-step "
-                              "maximizes a bound for a fixed guide; pass e_steps >= 1",
-                              UserWarning, stacklevel=4)
+            own = [n for n in self._guide_names if n not in self._param_names]
+            if self.e_steps > 0 and not own:
+                warnings.warn("VariationalEM: the guide has no parameters of its own, so the "
+                              "E-steps only move the model's; pass e_steps=0 (or a guide with "
+                              "parameters)", UserWarning, stacklevel=4)
+            elif self.e_steps == 0 and own:
+                warnings.warn(f"VariationalEM: e_steps=0, so the guide's parameters {own} are "
+                              "never fitted and the M-step maximizes a bound for a fixed "
+                              "guide; pass e_steps >= 1", UserWarning, stacklevel=4)
         if self._pending:  # loaded guide values wait for the guide's parameters to exist
             program_params(self.guide, *args, **kwargs)
         self._apply_pending()
