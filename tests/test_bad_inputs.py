@@ -411,6 +411,15 @@ def from_bigger_model():
     target.step(data)
 
 
+def other_model_later():
+    state = ran_mcem().state_dict()
+    pyro.clear_param_store()
+    ppca = lv.models.PPCA(3, 1)
+    driver = lv.MCEM(ppca, "hmc", num_samples=2, num_chains=2, warmup_steps=5)
+    driver.load_state_dict(state)  # its parameters do not exist yet: checked at the first step
+    driver.step(ppca.simulate(10))
+
+
 def into_ran(other_state):
     """Load ``other_state()`` into a driver that has run on another model."""
     def load():
@@ -457,6 +466,7 @@ STATES = [
     ("state-param-not-tensor", corrupt(set_key("params", "w", value=[1.0, 2.0])), ValueError,
      "params"),
     ("state-param-wrong-shape-loaded-later", from_bigger_model, ValueError, "'w'.*shape"),
+    ("state-other-model-into-new-driver", other_model_later, ValueError, "another model"),
     ("state-other-model-into-ran-driver", into_ran(lambda: ran_mcem().state_dict()),
      ValueError, "another model"),
     ("state-chains-missing", corrupt(set_key("driver", "chains", delete=True)), ValueError,

@@ -99,9 +99,14 @@ class Driver:
             self._param_names = names
         leaves = dict(pyro.get_param_store().named_parameters())
         missing = [n for n in self._param_names if n not in leaves]
-        if missing:  # the store was cleared: let the model create them again
-            program_params(self.model, *args, **kwargs)
+        if missing:  # the store was cleared, or a state was loaded: let the model create them
+            reads = list(program_params(self.model, *args, **kwargs))
             leaves = dict(pyro.get_param_store().named_parameters())
+            unknown = [n for n in self._param_names if n not in reads]
+            if unknown:
+                raise ValueError(f"{type(self).__name__}: the loaded state holds parameters "
+                                 f"{unknown} that the model does not read (it reads {reads}): "
+                                 "the state was saved from another model")
         self._apply_pending()
         return {n: leaves[n] for n in self._param_names}
 
