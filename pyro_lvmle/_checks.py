@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_int", "check_positive", "check_probability"]
+__all__ = ["check_callable", "check_int", "check_positive", "check_probability"]
 
 
 def check_int(where: str, name: str, value, low: int = 0, high: int | None = None) -> int:
@@ -57,8 +57,9 @@ def check_positive(where: str, name: str, value, *, allow_zero: bool = False) ->
 
 
 def check_probability(where: str, name: str, value, *, low: float = 0.0,
-                      high: float = 1.0) -> float:
-    """``value`` as a ``float`` strictly inside ``(low, high)``.
+                      high: float = 1.0, closed_low: bool = False) -> float:
+    """``value`` as a ``float`` strictly inside ``(low, high)`` (``[low, high)`` with
+    ``closed_low``).
 
     Example::
 
@@ -69,6 +70,22 @@ def check_probability(where: str, name: str, value, *, low: float = 0.0,
         raise TypeError(f"{where}: {name} must be a float, got {value!r} "
                         f"({type(value).__name__})")
     value = float(value)
-    if not low < value < high:
-        raise ValueError(f"{where}: {name} must be in ({low}, {high}), got {value!r}")
+    inside = (low <= value if closed_low else low < value) and value < high
+    if not inside:
+        bracket = "[" if closed_low else "("
+        raise ValueError(f"{where}: {name} must be in {bracket}{low}, {high}), got {value!r}")
+    return value
+
+
+def check_callable(where: str, name: str, value, what: str = "a callable"):
+    """``value`` if it is callable, else a ``TypeError`` saying what was expected.
+
+    Example::
+
+        >>> check_callable("Driver.run", "callback", print)
+        <built-in function print>
+    """
+    if not callable(value):
+        raise TypeError(f"{where}: {name} must be {what}, got {value!r} "
+                        f"({type(value).__name__})")
     return value

@@ -9,6 +9,7 @@ time. It needs no input file and no network.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,11 @@ _MODELS: dict[str, Callable[[], tuple[ReferenceModel, dict]]] = {
         },
     ),
 }
+
+
+#: the fewest simulated data each model's closed-form MLE needs (PPCA: variance left outside
+#: the latent_dim = 2 principal directions of the centred data)
+_MIN_DATA = {"linear-gaussian": 1, "ppca": 4}
 
 
 def _svi_method(loss_factory):
@@ -81,6 +87,9 @@ def _distance(params: dict, reference: dict) -> float:
 
 def compare(model_name: str, num_data: int, num_steps: int, lr: float, seed: int) -> list[dict]:
     """Run every method on one reference model and return one row per method."""
+    if model_name not in _MODELS:
+        raise ValueError(f"compare: model_name must be one of {sorted(_MODELS)}, got "
+                         f"{model_name!r}")
     model, truth = _MODELS[model_name]()
     pyro.set_rng_seed(seed)
     data = model.simulate(num_data, truth)
@@ -122,8 +131,15 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's seeds, which pyro.set_rng_seed sets too
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
     return value
 
 
@@ -149,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="optimizer steps per method (default: %(default)s)")
     cmp.add_argument("--lr", type=_positive_float, default=0.05,
                      help="Adam learning rate (default: %(default)s)")
-    cmp.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    cmp.add_argument("--seed", type=_seed, default=0,
+                     help="random seed, in [0, 2**32) (default: %(default)s)")
     return parser
 
 
@@ -163,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:  # the default action: compare on its defaults
         args = parser.parse_args(["compare"])
+    if args.num_data < _MIN_DATA[args.model]:
+        parser.error(f"argument --num-data: the {args.model} model needs at least "
+                     f"{_MIN_DATA[args.model]} data for its maximum-likelihood estimate, got "
+                     f"{args.num_data}")
     torch.set_default_dtype(torch.float64)
     print(f"pyro-lvmle {__version__}: {args.model}, {args.num_data} simulated data, "
           f"{args.num_steps} steps per method (seed {args.seed})")

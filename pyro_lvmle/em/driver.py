@@ -3,22 +3,35 @@
 
 A driver owns a Pyro model's parameters (those in Pyro's param store that the model reads)
 and moves them by its own rule, one :meth:`Driver.step` at a time, like ``SVI.step``.
-:meth:`Driver.run` loops with a progress bar, records a :class:`History`, and on an
-interruption puts the driver back at the end of the last completed step.
+A step that raises (a ``KeyboardInterrupt`` included) puts the driver back where it was
+before the step, exactly: parameters, optimizer, chains and random number generator.
+:meth:`Driver.run` loops with a progress bar, records a :class:`History`, and offers several
+starts (``num_restarts``), keeping the best by the driver's own objective.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
+import warnings
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ..traces.params import assign_params, program_params
+from .._checks import check_callable, check_int, check_positive, check_probability
+from ..traces.params import _cuda_devices, assign_params, program_params
 from .history import History
 
-__all__ = ["Driver"]
+#: ``state_dict()["kind"]``: what a driver's saved state says it is
+STATE_KIND = "pyro_lvmle.Driver"
+#: ``state_dict()["version"]``: the layout of the saved state; bumped when it changes
+STATE_VERSION = 1
+#: a mean acceptance rate below this means the chains did not move (warned about)
+FROZEN_ACCEPT = 1e-3
+
+__all__ = ["Driver", "check_kernel_options"]
 
 
 class Driver:
@@ -26,8 +39,10 @@ class Driver:
     :class:`~pyro_lvmle.em.VariationalEM`, :class:`~pyro_lvmle.em.ExactEM`).
 
     Subclasses implement ``_step(args, kwargs) -> dict`` (one iteration, returning its
-    metrics) and, when they keep state beyond the parameters, ``_extra_state()`` and
-    ``_load_extra_state(state)``.
+    metrics), ``restart_objective(*args, **kwargs)`` (the number :meth:`run` ranks restarts
+    by) and, when they keep state beyond the parameters, ``_extra_state()`` and
+    ``_load_extra_state(state)``; :meth:`load_state_dict` checks a loaded ``"driver"`` entry
+    against the structure of ``_extra_state()``.
 
     :param model: the Pyro model whose ``pyro.param`` sites are estimated.
     :param record_params: record parameter values in the :class:`History` each step: ``True``
@@ -40,14 +55,16 @@ class Driver:
 
     #: metric shown in the progress bar
     progress_metric: str | None = None
+    #: whether a state's ``params`` may hold values of parameters other than the model's
+    _params_beyond_model = False
 
     def __init__(self, model, *, record_params=True):
-        if not callable(model):
-            raise TypeError(f"{type(self).__name__}: model must be a callable Pyro model, got "
-                            f"{type(model).__name__}")
-        if not isinstance(record_params, (bool, list, tuple)):
-            raise TypeError(f"{type(self).__name__}: record_params must be a bool or a list of "
-                            f"names, got {type(record_params).__name__}")
+        check_callable(type(self).__name__, "model", model, "a callable Pyro model")
+        if not isinstance(record_params, (bool, list, tuple)) or (
+                isinstance(record_params, (list, tuple))
+                and not all(isinstance(n, str) for n in record_params)):
+            raise TypeError(f"{type(self).__name__}: record_params must be True, False or a "
+                            f"list of parameter names, got {record_params!r}")
         self.model = model
         self.record_params = record_params
         self.iteration = 0
@@ -56,6 +73,9 @@ class Driver:
         self._elapsed = 0.0
         self._param_names: list[str] | None = None
         self._pending: dict[str, torch.Tensor] | None = None
+        self._warned_frozen = False
+        #: the run kept by :meth:`run` with ``num_restarts`` (``None`` without restarts)
+        self.best_restart: int | None = None
 
     # ---------------------------------------------------------------------- parameters
     def model_params(self, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -66,15 +86,27 @@ class Driver:
         :param kwargs: its keyword arguments.
         """
         if self._param_names is None:
-            self._param_names = list(program_params(self.model, *args, **kwargs))
-            if not self._param_names:
+            names = list(program_params(self.model, *args, **kwargs))
+            if not names:
                 raise ValueError(f"{type(self).__name__}: the model reads no pyro.param: "
                                  "there is nothing to estimate")
+            if isinstance(self.record_params, (list, tuple)):
+                unknown = [n for n in self.record_params if n not in names]
+                if unknown:
+                    raise ValueError(f"{type(self).__name__}: record_params names {unknown}, "
+                                     f"which the model does not read; its parameters are "
+                                     f"{names}")
+            self._param_names = names
         leaves = dict(pyro.get_param_store().named_parameters())
         missing = [n for n in self._param_names if n not in leaves]
-        if missing:  # the store was cleared: let the model create them again
-            program_params(self.model, *args, **kwargs)
+        if missing:  # the store was cleared, or a state was loaded: let the model create them
+            reads = list(program_params(self.model, *args, **kwargs))
             leaves = dict(pyro.get_param_store().named_parameters())
+            unknown = [n for n in self._param_names if n not in reads]
+            if unknown:
+                raise ValueError(f"{type(self).__name__}: the loaded state holds parameters "
+                                 f"{unknown} that the model does not read (it reads {reads}): "
+                                 "the state was saved from another model")
         self._apply_pending()
         return {n: leaves[n] for n in self._param_names}
 
@@ -84,8 +116,11 @@ class Driver:
             self._pending = None
             return
         leaves = dict(pyro.get_param_store().named_parameters())
+        ready = [n for n in self._pending if n in leaves]
+        for name in ready:
+            _check_shape(type(self).__name__, name, self._pending[name], leaves[name])
         with torch.no_grad():
-            for name in [n for n in self._pending if n in leaves]:
+            for name in ready:
                 leaves[name].copy_(self._pending.pop(name))
         self._pending = self._pending or None
 
@@ -109,46 +144,135 @@ class Driver:
     def step(self, *args, **kwargs) -> dict:
         """One iteration; records it in :attr:`history` and returns its metrics.
 
+        If the iteration raises (a ``KeyboardInterrupt`` included), the driver is put back
+        exactly as it was before it: parameters (those the model created in this step at
+        their initial values), optimizer, chains, counters and torch's random number
+        generator; :attr:`history` is untouched; the exception propagates.
+
         :param args: the model's arguments (data).
         :param kwargs: its keyword arguments.
         """
-        start = time.perf_counter()
-        metrics = self._step(args, kwargs)
+        rng = _rng_state()
+        fresh = self._param_names is None
+        checkpoint = None
+        try:
+            self._discover(args, kwargs)  # first step: the parameters exist from here on
+            checkpoint = _clone(self.state_dict(with_history=False))
+            start = time.perf_counter()
+            metrics = self._step(args, kwargs)
+        except BaseException:
+            if checkpoint is not None:
+                self._restore(checkpoint)
+            _set_rng_state(rng)
+            if fresh:
+                self._forget_names()
+            raise
         self._elapsed += time.perf_counter() - start
         self.iteration += 1
         self.history.append(self.iteration, self._elapsed, metrics, self._recorded())
+        self._check_moving(metrics)
         return metrics
 
+    def _discover(self, args, kwargs) -> None:
+        """Create and list the parameters a step will move (the model's; drivers with more
+        add theirs), without touching the random number generator."""
+        self.model_params(*args, **kwargs)
+
+    def _forget_names(self) -> None:
+        """Undo :meth:`_discover` (after a failed first step)."""
+        self._param_names = None
+
+    def _check_moving(self, metrics) -> None:
+        accept = metrics.get("accept_prob")
+        if accept is None or self._warned_frozen or not accept < FROZEN_ACCEPT:
+            return
+        self._warned_frozen = True
+        warnings.warn(
+            f"{type(self).__name__}: the Markov chains of the E-step accepted almost no "
+            f"proposal in step {self.iteration} (mean acceptance rate {accept:.2g}): they did "
+            "not move, so the estimates cannot improve. Give the sampler a longer warm-up "
+            "(warmup_steps) to adapt its step size, or a smaller initial step size "
+            "(kernel_options={'step_size': ...})", UserWarning, stacklevel=3)
+
+    def restart_objective(self, *args, **kwargs) -> float:
+        """The driver's own objective at the current parameters (higher is better), by which
+        :meth:`run` keeps the best of several restarts: by default the Monte Carlo Q-function
+        :math:`\\frac1m \\sum_j \\log p(x, z_j; \\theta)` at the chains' last kept draws.
+
+        :param args: the model's arguments.
+        :param kwargs: its keyword arguments.
+        """
+        sampler = getattr(self, "sampler", None)
+        if sampler is None or not getattr(sampler, "samples", None):
+            raise NotImplementedError(f"{type(self).__name__} has no restart objective")
+        from ..traces import Potential
+
+        potential = Potential(self.model, args, kwargs,
+                              max_plate_nesting=sampler._max_plate_nesting)
+        with torch.no_grad():
+            return potential.log_joint(potential.pack(sampler.samples)).mean().item()
+
     def run(self, *args, num_steps: int = 100, progress: bool = True, callback=None,
-            **kwargs) -> History:
+            num_restarts: int = 1, init_params=None, **kwargs) -> History:
         """Run up to ``num_steps`` steps (fewer if the driver's stopping rule fires).
 
         If a step raises (a ``KeyboardInterrupt`` included), the driver is put back to the
         end of the last completed step, exactly, and the exception propagates:
         :attr:`history` keeps every completed step and :meth:`run` can be called again.
 
+        **Restarts.** EM finds a local maximum. With ``num_restarts > 1`` (a driver that has
+        not run yet), the driver runs from ``num_restarts`` starts, each up to ``num_steps``
+        steps, as scikit-learn's ``n_init`` does, and keeps the run whose
+        :meth:`restart_objective` is highest: the exact log-likelihood for
+        :class:`~pyro_lvmle.em.ExactEM`, the ELBO (minus the loss, one evaluation) for
+        :class:`~pyro_lvmle.em.VariationalEM`, the Monte Carlo Q-function at the last draws
+        for :class:`~pyro_lvmle.em.MCEM` and :class:`~pyro_lvmle.em.SAEM`. Every run is in
+        :attr:`history`, in order, with the metric ``restart`` (its index from 0) on each
+        record and ``restart_objective`` on each run's last; :attr:`best_restart` is the kept
+        one, and the driver continues from its end. Each start is ``init_params(restart,
+        *args, **kwargs) -> {name: constrained value}`` if given; otherwise restart 0 starts
+        from the parameters as they are and later ones from the model's initial values
+        (parameters are deleted from Pyro's param store and created again), which differ only
+        if the model draws them at random (:class:`~pyro_lvmle.models.GaussianMixture` does,
+        from the data; a warning says when two starts coincide).
+
         :param args: the model's arguments (data).
-        :param int num_steps: the most steps to run.
+        :param int num_steps: the most steps to run (per restart).
         :param bool progress: show a tqdm progress bar (notebooks and terminals).
         :param callback: called as ``callback(driver, metrics)`` after each step; a returned
             dict is added to the step's metrics (its time is not counted).
+        :param int num_restarts: independent starts; the best run is kept.
+        :param init_params: optional ``init_params(restart, *args, **kwargs) -> dict`` of
+            constrained starting values for each restart.
         :param kwargs: the model's keyword arguments.
         :returns: :attr:`history`.
         """
-        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-            raise ValueError(f"{type(self).__name__}.run: num_steps must be an int >= 1, got "
-                             f"{num_steps!r}")
-        if callback is not None and not callable(callback):
-            raise TypeError(f"{type(self).__name__}.run: callback must be callable")
-        bar = tqdm(total=num_steps, desc=type(self).__name__, disable=not progress)
+        where = f"{type(self).__name__}.run"
+        check_int(where, "num_steps", num_steps, low=1)
+        check_int(where, "num_restarts", num_restarts, low=1)
+        if callback is not None:
+            check_callable(where, "callback", callback, "callable as callback(driver, metrics)")
+        if init_params is not None:
+            check_callable(where, "init_params", init_params,
+                           "callable as init_params(restart, *args, **kwargs) -> dict")
+        if num_restarts == 1 and init_params is None:
+            return self._run(args, kwargs, num_steps, progress, callback)
+        if self.iteration != 0:
+            raise ValueError(f"{where}: num_restarts/init_params start the fit over, but this "
+                             f"driver has already run {self.iteration} steps; build a new "
+                             "driver (or load a fresh state) to use restarts")
+        return self._run_restarts(args, kwargs, num_steps, progress, callback, num_restarts,
+                                  init_params)
+
+    def _run(self, args, kwargs, num_steps, progress, callback, restart=None) -> History:
+        desc = type(self).__name__ if restart is None else \
+            f"{type(self).__name__} (restart {restart})"
+        bar = tqdm(total=num_steps, desc=desc, disable=not progress)
         try:
             for _ in range(num_steps):
-                checkpoint = _clone(self.state_dict(with_history=False))
-                try:
-                    metrics = self.step(*args, **kwargs)
-                except BaseException:
-                    self.load_state_dict(checkpoint)
-                    raise
+                metrics = self.step(*args, **kwargs)
+                if restart is not None:
+                    self.history.update({"restart": restart})
                 if callback is not None:
                     extra = callback(self, metrics)
                     if extra:
@@ -163,12 +287,67 @@ class Driver:
             bar.close()
         return self.history
 
+    def _run_restarts(self, args, kwargs, num_steps, progress, callback, num_restarts,
+                      init_params) -> History:
+        # each restart creates its parameters from its own seed (drawn once from the global
+        # RNG): a driver whose steps draw no random numbers (ExactEM) still gets different
+        # random starts; the runs' own draws continue the global stream
+        seed = int(torch.randint(2**62, ()))
+        records = History()
+        best = None  # (objective, restart, state)
+        starts = []
+        fresh = None  # the state before the first run's first step, parameters created
+        for restart in range(num_restarts):
+            if restart > 0:
+                state = fresh
+                if init_params is None:  # the model creates them again from its initial values
+                    self._delete_params()
+                    state = {**fresh, "params": {}, "param_names": []}
+                self._restore({**state, "rng": _rng_state()})
+            self.history = History()
+            with torch.random.fork_rng(devices=_cuda_devices()):
+                torch.manual_seed(seed + restart)
+                self._discover(args, kwargs)
+            if fresh is None:
+                fresh = _clone(self.state_dict(with_history=False))
+            if init_params is not None:
+                self.set_params(init_params(restart, *args, **kwargs))
+            start = {n: v.clone() for n, v in self.constrained_params().items()}
+            if any(all(torch.equal(start[n], other[n]) for n in start) for other in starts):
+                warnings.warn(f"{type(self).__name__}.run: restart {restart} starts from the "
+                              "same parameter values as an earlier one (the model's initial "
+                              "values are not random): pass init_params to give each restart "
+                              "its own start", UserWarning, stacklevel=3)
+            starts.append(start)
+            self._run(args, kwargs, num_steps, progress, callback, restart=restart)
+            objective = float(self.restart_objective(*args, **kwargs))
+            if self.history:
+                self.history.update({"restart_objective": objective})
+            records.extend(self.history)
+            if best is None or objective > best[0] or (math.isnan(best[0])
+                                                       and not math.isnan(objective)):
+                best = (objective, restart, _clone(self.state_dict(with_history=False)))
+        _, kept, state = best
+        state["rng"] = _rng_state()
+        self._restore(state)
+        self.best_restart = kept
+        self.history = records
+        return self.history
+
+    def _delete_params(self) -> None:
+        store = pyro.get_param_store()
+        for name in self._param_names or ():
+            if name in store:
+                del store[name]
+        self._param_names = None
+
     # ------------------------------------------------------------------- state (exact)
     def state_dict(self, with_history: bool = True) -> dict:
         """Everything needed to continue exactly: iteration, parameters (unconstrained),
         the driver's own state (chains, adaptation, optimizer, statistics), the torch RNG
         state and the history; tensors and plain Python values only, for ``torch.save`` and
-        ``torch.load(weights_only=True)``.
+        ``torch.load(weights_only=True)``. Tagged with ``kind``, ``version`` and the driver's
+        class, which :meth:`load_state_dict` checks.
 
         :param bool with_history: include :attr:`history`.
         """
@@ -177,11 +356,11 @@ class Driver:
                   if n in leaves}
         if self._pending is not None:
             params = {**params, **self._pending}
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        state = {"iteration": self.iteration, "elapsed": self._elapsed,
-                 "converged": self.converged, "param_names": list(self._param_names or ()),
+        rng = _rng_state()
+        state = {"kind": STATE_KIND, "version": STATE_VERSION, "driver_class": type(self).__name__,
+                 "iteration": self.iteration, "elapsed": self._elapsed,
+                 "converged": self.converged, "best_restart": self.best_restart,
+                 "param_names": list(self._param_names or ()),
                  "params": params, "rng": rng, "driver": self._extra_state()}
         if with_history:
             state["history"] = self.history.to_dict()
@@ -191,11 +370,25 @@ class Driver:
         """Restore :meth:`state_dict`; parameters not yet in Pyro's param store are set
         when the model first runs.
 
+        The state is checked before anything changes: a state of another driver class, of a
+        model with other parameter names or shapes, with a missing or corrupted entry, raises a
+        ``ValueError`` saying what does not match, and leaves the driver as it was.
+
         :param dict state: as :meth:`state_dict` returned it.
         """
+        self._check_state(state)
+        self._restore(state)
+        if "history" in state:
+            self.history = History.from_dict(state["history"])
+        else:
+            self.history = _truncate(self.history, self.iteration)
+
+    def _restore(self, state: dict) -> None:
+        """Set everything but the history from a (checked) state."""
         self.iteration = int(state["iteration"])
         self._elapsed = float(state["elapsed"])
         self.converged = bool(state["converged"])
+        self.best_restart = state.get("best_restart")
         self._param_names = list(state["param_names"]) or None
         leaves = dict(pyro.get_param_store().named_parameters())
         if all(n in leaves for n in state["params"]):
@@ -208,11 +401,71 @@ class Driver:
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        if "history" in state:
-            self.history = History.from_dict(state["history"])
-        else:
-            self.history = _truncate(self.history, self.iteration)
         self._load_extra_state(state["driver"])
+
+    def _check_state(self, state) -> None:
+        """Raise a ``ValueError`` naming what in ``state`` does not fit this driver."""
+        name = type(self).__name__
+        where = f"{name}.load_state_dict"
+        if not isinstance(state, dict):
+            raise TypeError(f"{where}: state must be the dict that state_dict() returned (or "
+                            f"torch.load of its file), got {type(state).__name__}")
+        if state.get("kind") != STATE_KIND:
+            raise ValueError(f"{where}: this is not a driver's saved state (its 'kind' is "
+                             f"{state.get('kind')!r}, expected {STATE_KIND!r}); pass what "
+                             "Driver.state_dict() returned")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{where}: the state has layout version {state.get('version')!r}; "
+                             f"this pyro_lvmle reads version {STATE_VERSION}")
+        if state.get("driver_class") != name:
+            raise ValueError(f"{where}: the state was saved by {state.get('driver_class')!r}, "
+                             f"not {name!r}; load it into a {state.get('driver_class')}")
+        missing = [k for k in ("iteration", "elapsed", "converged", "param_names", "params",
+                               "rng", "driver") if k not in state]
+        if missing:
+            raise ValueError(f"{where}: the state has no entry {missing}; it is incomplete or "
+                             "corrupted")
+        try:
+            check_int(where, "state['iteration']", state["iteration"], low=0)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+        for key in ("elapsed", "converged"):
+            if isinstance(state[key], bool) and key == "elapsed" or \
+                    not isinstance(state[key], numbers.Real):
+                raise ValueError(f"{where}: state[{key!r}] must be a number, got "
+                                 f"{state[key]!r}")
+        names, params = state["param_names"], state["params"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{where}: state['param_names'] must be a list of names, got "
+                             f"{names!r}")
+        if not isinstance(params, dict) or not all(torch.is_tensor(v) for v in params.values()):
+            raise ValueError(f"{where}: state['params'] must map parameter names to tensors")
+        extra = set(params) - set(names) if not self._params_beyond_model else set()
+        if set(names) - set(params) or extra:
+            raise ValueError(f"{where}: state['params'] holds {sorted(params)} but "
+                             f"state['param_names'] lists {names}; the state is corrupted")
+        if self._param_names is not None and names and set(names) != set(self._param_names):
+            raise ValueError(f"{where}: the state holds parameters {sorted(names)}, but this "
+                             f"driver's model has {sorted(self._param_names)}: it was saved "
+                             "from another model")
+        leaves = dict(pyro.get_param_store().named_parameters())
+        for key, value in params.items():
+            if key in leaves:
+                _check_shape(name, key, value, leaves[key])
+        rng = state["rng"]
+        reference = torch.get_rng_state()
+        if not isinstance(rng, dict) or not torch.is_tensor(rng.get("torch")) \
+                or rng["torch"].dtype != reference.dtype or rng["torch"].shape != reference.shape:
+            raise ValueError(f"{where}: state['rng']['torch'] must be a torch RNG state (a "
+                             f"uint8 tensor of shape {tuple(reference.shape)}); the state is "
+                             "corrupted")
+        _check_like(state["driver"], self._extra_state(), f"{where}: state['driver']")
+        chains = state["driver"].get("chains") if isinstance(state["driver"], dict) else None
+        sampler = getattr(self, "sampler", None)
+        if chains is not None and sampler is not None:
+            _check_chains(chains, sampler.num_chains, f"{where}: state['driver']['chains']")
+        if "history" in state:
+            History.check_dict(state["history"], f"{where}: state['history']")
 
     def _extra_state(self) -> dict:
         return {}
@@ -227,6 +480,120 @@ class Driver:
         if self.record_params is True:
             return {n: v for n, v in values.items() if v.numel() <= 1000}
         return {n: values[n] for n in self.record_params if n in values}
+
+
+def check_kernel_options(where: str, options, taken=()) -> dict:
+    """A driver's ``kernel_options`` for :class:`~pyro_lvmle.MCMCGradient`, checked: a dict of
+    its keyword arguments, none of them one the driver sets itself (``taken``), with a finite
+    positive ``step_size`` (an infinite one would reject every proposal: frozen chains).
+
+    :param str where: the driver, for messages.
+    :param options: what the user passed (``None`` for none).
+    :param taken: the names the driver passes itself, with the driver argument to use instead.
+    :returns: the options as a new dict.
+    """
+    import inspect
+
+    from ..gradients import MCMCGradient
+
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"{where}: kernel_options must be a dict of MCMCGradient options such "
+                        f"as {{'step_size': 0.1}}, got {type(options).__name__}")
+    taken = dict(taken)
+    from ..samplers import make_sampler
+
+    signatures = (inspect.signature(MCMCGradient.__init__), inspect.signature(make_sampler))
+    accepted = [n for sig in signatures for n, p in sig.parameters.items()
+                if p.kind != p.VAR_KEYWORD and n not in ("self", "kernel", "model")
+                and n not in taken]
+    for key in options:
+        if key in taken:
+            raise ValueError(f"{where}: kernel_options sets {key!r}, which the driver sets "
+                             f"itself; pass {taken[key]}= to {where} instead")
+        if key not in accepted:
+            raise ValueError(f"{where}: kernel_options has an unknown option {key!r}; "
+                             f"MCMCGradient accepts {accepted}")
+    if "step_size" in options:
+        check_positive(where, "kernel_options['step_size']", options["step_size"])
+    if "num_steps" in options:
+        check_int(where, "kernel_options['num_steps']", options["num_steps"], low=1)
+    if options.get("target_accept") is not None:
+        check_probability(where, "kernel_options['target_accept']", options["target_accept"])
+    if options.get("max_plate_nesting") is not None:
+        check_int(where, "kernel_options['max_plate_nesting']", options["max_plate_nesting"])
+    return dict(options)
+
+
+def _check_shape(driver: str, name: str, value: torch.Tensor, leaf: torch.Tensor) -> None:
+    if value.shape != leaf.shape:
+        raise ValueError(f"{driver}: the loaded value of parameter {name!r} has shape "
+                         f"{tuple(value.shape)}, but the model's has {tuple(leaf.shape)}: the "
+                         "state was saved from another model (or another size of it)")
+
+
+def _check_like(value, template, path: str) -> None:
+    """``value`` has the structure of ``template`` (a driver's own ``_extra_state()``): the
+    same keys, tensors where it has tensors (``None`` allowed either way), numbers where it
+    has numbers."""
+    if template is None or value is None:
+        return
+    if isinstance(template, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} must be a dict, got {type(value).__name__}; the state is "
+                             "corrupted")
+        if not template:  # e.g. an optimizer that has not run yet: any content
+            return
+        missing = [k for k in template if k not in value]
+        extra = [k for k in value if k not in template]
+        if missing or extra:
+            raise ValueError(f"{path} has no entry {missing} / unexpected entries {extra}: it "
+                             "was saved by a driver with other settings, or is corrupted")
+        for key in template:
+            _check_like(value[key], template[key], f"{path}[{key!r}]")
+    elif torch.is_tensor(template):
+        if not torch.is_tensor(value):
+            raise ValueError(f"{path} must be a tensor, got {type(value).__name__}; the state is "
+                             "corrupted")
+    elif isinstance(template, numbers.Real) and not isinstance(value, numbers.Real):
+        raise ValueError(f"{path} must be a number, got {value!r}; the state is corrupted")
+
+
+def _check_chains(chains, num_chains: int, path: str) -> None:
+    """The chains' entry from the driver's side: its keys, and tensors with one row per chain."""
+    if not isinstance(chains, dict):
+        raise ValueError(f"{path} must be a dict, got {type(chains).__name__}")
+    for key in ("position", "inverse_mass"):
+        sites = chains.get(key)
+        if not isinstance(sites, dict) or not all(torch.is_tensor(v) for v in sites.values()):
+            raise ValueError(f"{path}[{key!r}] must map latent sites to tensors; the state is "
+                             "corrupted")
+        for site, value in sites.items():
+            held = value.shape[0] if value.dim() else 0
+            if held != num_chains:
+                raise ValueError(f"{path}[{key!r}][{site!r}] holds {held} chains, this driver "
+                                 f"has num_chains={num_chains}: the state was saved with "
+                                 "another num_chains")
+    step_size = chains.get("step_size")
+    if step_size is not None and (not torch.is_tensor(step_size)
+                                  or step_size.shape != (num_chains,)):
+        raise ValueError(f"{path}['step_size'] must be a tensor of shape ({num_chains},) (one "
+                         "step size per chain); the state was saved with another num_chains or "
+                         "is corrupted")
+
+
+def _rng_state() -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _truncate(history: History, num_steps: int) -> History:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pyro.optim import PyroOptim
 
+from .._checks import check_int, check_positive
 from ..traces import EnumeratedPosterior, guess_max_plate_nesting
 from .driver import Driver
 from .m_step import check_m_step, load_optim_state, maximize
@@ -38,7 +39,8 @@ class ExactEM(Driver):
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
 
     Metrics per step: ``log_likelihood`` (exact, at the parameters after the step) and
-    ``increase`` (over the step).
+    ``increase`` (over the step). Restarts (:meth:`~pyro_lvmle.em.Driver.run` with
+    ``num_restarts``) keep the run with the highest exact log-likelihood.
 
     References:
 
@@ -66,9 +68,10 @@ class ExactEM(Driver):
         self.closed_form = callable(m_step) and not isinstance(m_step, PyroOptim)
         if not self.closed_form:
             check_m_step(m_step, m_steps, "ExactEM")
-        if not tol > 0:
-            raise ValueError(f"ExactEM: tol must be positive, got {tol!r}")
-        self.m_step, self.m_steps, self.tol = m_step, m_steps, float(tol)
+        tol = check_positive("ExactEM", "tol", tol)
+        if max_plate_nesting is not None:
+            check_int("ExactEM", "max_plate_nesting", max_plate_nesting, low=0)
+        self.m_step, self.m_steps, self.tol = m_step, m_steps, tol
         self.max_plate_nesting = max_plate_nesting
         self._posterior = None  # (args, kwargs, posterior) at the current parameters
 
@@ -90,6 +93,14 @@ class ExactEM(Driver):
         posterior = EnumeratedPosterior(self.model, args, kwargs, self.max_plate_nesting)
         self._posterior = (args, kwargs, posterior)
         return posterior
+
+    def restart_objective(self, *args, **kwargs) -> float:
+        """The exact log-likelihood :math:`\\log p(x; \\theta)` at the current parameters.
+
+        :param args: the model's arguments.
+        :param kwargs: its keyword arguments.
+        """
+        return self.posterior(*args, **kwargs).log_marginal.item()
 
     def _step(self, args, kwargs):
         params = self.model_params(*args, **kwargs)

@@ -55,6 +55,17 @@ class History:
         self._metrics.append({k: _number(v) for k, v in metrics.items()})
         self._params.append({k: v.detach().clone() for k, v in params.items()})
 
+    def extend(self, other: History) -> None:
+        """Append every record of another history (the runs of several restarts).
+
+        :param History other: its records are copied in order.
+        """
+        if not isinstance(other, History):
+            raise TypeError(f"History.extend: other must be a History, got "
+                            f"{type(other).__name__}")
+        for i, step in enumerate(other.steps):
+            self.append(step, other.time[i], other._metrics[i], other._params[i])
+
     def update(self, metrics: dict) -> None:
         """Add metrics to the last record (a callback's evaluation, say).
 
@@ -98,6 +109,7 @@ class History:
 
         :param dict state: as :meth:`to_dict` returned it.
         """
+        cls.check_dict(state)
         history = cls()
         for i, (step, time) in enumerate(zip(state["step"], state["time"], strict=True)):
             metrics = {n: col[i] for n, col in state["metrics"].items() if not math.isnan(col[i])}
@@ -105,11 +117,41 @@ class History:
             history.append(step, time, metrics, params)
         return history
 
+    @staticmethod
+    def check_dict(state, where: str = "History.from_dict") -> None:
+        """Raise a ``ValueError`` naming what in ``state`` is not a :meth:`to_dict` export.
+
+        :param state: the dict to check.
+        :param str where: named in the message.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"{where} must be the dict History.to_dict() returned, got "
+                             f"{type(state).__name__}")
+        missing = [k for k in ("step", "time", "metrics", "params") if k not in state]
+        if missing:
+            raise ValueError(f"{where} has no entry {missing}; it is incomplete or corrupted")
+        if not isinstance(state["step"], list) or not isinstance(state["time"], list) \
+                or not isinstance(state["metrics"], dict) or not isinstance(state["params"], dict):
+            raise ValueError(f"{where}: 'step' and 'time' must be lists, 'metrics' and "
+                             "'params' dicts; the history is corrupted")
+        n = len(state["step"])
+        columns = {"time": state["time"], **{f"metrics[{k!r}]": v
+                                             for k, v in state["metrics"].items()}}
+        for name, column in columns.items():
+            if not isinstance(column, list) or len(column) != n:
+                got = len(column) if isinstance(column, list) else repr(column)
+                raise ValueError(f"{where}: {name} must be a list of {n} values (one per "
+                                 f"step), got {got}")
+        for name, value in state["params"].items():
+            if not torch.is_tensor(value) or value.dim() == 0 or len(value) != n:
+                raise ValueError(f"{where}: params[{name!r}] must be a tensor of {n} rows (one "
+                                 "per step); the history is corrupted")
+
     def plot(self, metrics=None, *, x: str = "step", params: bool = True, axes=None):
         """One panel per metric (and per scalar parameter coordinate group) against the step
         or the wall time.
 
-        :param metrics: names to draw; default every metric.
+        :param metrics: a name or names to draw; default every metric.
         :param str x: ``"step"`` or ``"time"``.
         :param bool params: also draw the recorded parameters (up to 10 coordinates each).
         :param axes: a sequence of matplotlib axes to draw into (one per panel).
@@ -119,6 +161,8 @@ class History:
 
         if x not in ("step", "time"):
             raise ValueError(f"History.plot: x must be 'step' or 'time', got {x!r}")
+        if isinstance(metrics, str):
+            metrics = [metrics]
         names = self.metric_names if metrics is None else list(metrics)
         for name in names:
             if name not in self.metric_names:

@@ -7,6 +7,8 @@ import math
 import torch
 from pyro.optim import PyroOptim
 
+from .._checks import check_int
+
 __all__ = ["check_m_step", "load_optim_state", "maximize"]
 
 
@@ -21,8 +23,7 @@ def check_m_step(m_step, m_steps, where: str) -> None:
     if not (m_step == "lbfgs" or isinstance(m_step, PyroOptim)):
         raise TypeError(f"{where}: m_step must be 'lbfgs' or a pyro.optim optimizer such as "
                         f"pyro.optim.Adam({{'lr': 0.01}}), got {m_step!r}")
-    if not isinstance(m_steps, int) or isinstance(m_steps, bool) or m_steps < 1:
-        raise ValueError(f"{where}: m_steps must be an int >= 1, got {m_steps!r}")
+    check_int(where, "m_steps", m_steps, low=1)
 
 
 def load_optim_state(optim: PyroOptim, state: dict) -> None:

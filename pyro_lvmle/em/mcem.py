@@ -29,8 +29,9 @@ from typing import NamedTuple
 
 import torch
 
+from .._checks import check_int, check_positive, check_probability
 from ..gradients import MCMCGradient
-from .driver import Driver
+from .driver import Driver, check_kernel_options
 from .m_step import check_m_step, load_optim_state, maximize
 
 __all__ = ["MCEM", "AscentDecision", "AscentRule", "ascent_rule"]
@@ -97,17 +98,19 @@ class MCEM(Driver):
                  record_params=True):
         super().__init__(model, record_params=record_params)
         check_m_step(m_step, m_steps, "MCEM")
-        for name, value, low in (("num_samples", num_samples, 1), ("burn_in", burn_in, 0),
-                                 ("max_num_samples", max_num_samples, num_samples)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"MCEM: {name} must be an int >= {low}, got {value!r}")
+        check_int("MCEM", "num_samples", num_samples, low=1)
+        check_int("MCEM", "burn_in", burn_in, low=0)
+        check_int("MCEM", "max_num_samples", max_num_samples, low=num_samples)
         for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-            if not 0 < value < 0.5:
-                raise ValueError(f"MCEM: {name} must be in (0, 0.5), got {value!r}")
-        if not tol > 0:
-            raise ValueError(f"MCEM: tol must be positive, got {tol!r}")
+            check_probability("MCEM", name, value, high=0.5)
+        tol = check_positive("MCEM", "tol", tol)  # tol=inf would stop after one step
+        if not isinstance(auto, bool):
+            raise TypeError(f"MCEM: auto must be True or False, got {auto!r}")
+        kernel_options = check_kernel_options("MCEM", kernel_options, {
+            "num_samples": "num_samples", "warmup_steps": "warmup_steps",
+            "num_chains": "num_chains", "thinning": "thinning"})
         self.sampler = MCMCGradient(kernel, num_samples, warmup_steps, num_chains,
-                                    thinning=thinning, **(kernel_options or {}))
+                                    thinning=thinning, **kernel_options)
         self.num_samples = num_samples
         self.m_step, self.m_steps = m_step, m_steps
         self.burn_in, self.auto, self.tol = burn_in, bool(auto), float(tol)

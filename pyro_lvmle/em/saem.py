@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_callable, check_int, check_probability
 from ..gradients import MCMCGradient
-from .driver import Driver
+from .driver import Driver, check_kernel_options
 from .m_step import maximize
 from .schedules import saem_step_size
 
@@ -64,7 +65,9 @@ class SAEM(Driver):
         while the estimates are still far off.
     :param float anneal_rate: the shrinkage bound (0.95 by default; saemix uses 0.95-0.97).
     :param int anneal_steps: iterations with annealing; defaults to ``burn_in``.
-    :param float min_weight: generic form: draws whose weight falls below this are dropped.
+    :param float min_weight: generic form: draws whose weight falls below this are dropped;
+        in :math:`[0, 1/\text{num\_chains})` (a draw's weight is at most ``1 / num_chains``,
+        so a larger value would drop every past draw and SAEM would never average).
     :param int max_memory: generic form: the most draws kept in :math:`\hat Q_k`; when
         exceeded, halved by systematic resampling (unbiased for :math:`\hat Q_k`). Bounds
         the M-step's cost, at the price of a Monte Carlo error that stops shrinking at about
@@ -107,6 +110,11 @@ class SAEM(Driver):
                  kernel_options: dict | None = None,
                  record_params=True):
         super().__init__(model, record_params=record_params)
+        check_int("SAEM", "burn_in", burn_in, low=0)
+        check_int("SAEM", "num_chains", num_chains, low=1)
+        check_int("SAEM", "num_transitions", num_transitions, low=1)
+        check_int("SAEM", "warmup_steps", warmup_steps, low=0)
+        check_int("SAEM", "m_steps", m_steps, low=1)
         if callable(step_size):
             self.step_size = step_size
         elif isinstance(step_size, (int, float)) and not isinstance(step_size, bool):
@@ -117,25 +125,35 @@ class SAEM(Driver):
         if (statistics is None) != (m_step is None):
             raise ValueError("SAEM: the fast path needs both statistics and m_step (or "
                              "neither, for the generic form)")
-        if not isinstance(m_steps, int) or isinstance(m_steps, bool) or m_steps < 1:
-            raise ValueError(f"SAEM: m_steps must be an int >= 1, got {m_steps!r}")
-        if not 0 < anneal_rate < 1:
-            raise ValueError(f"SAEM: anneal_rate must be in (0, 1), got {anneal_rate!r}")
+        if statistics is not None:
+            check_callable("SAEM", "statistics", statistics,
+                           "a callable statistics(samples, *args, **kwargs) -> dict")
+            check_callable("SAEM", "m_step", m_step,
+                           "a callable m_step(stats, *args, **kwargs) -> dict of values")
+        check_probability("SAEM", "anneal_rate", anneal_rate, high=1.0)
         if isinstance(anneal, str):
             anneal = (anneal,)
+        if not isinstance(anneal, (list, tuple)) or not all(isinstance(n, str) for n in anneal):
+            raise TypeError(f"SAEM: anneal must be a parameter name or a list of names, got "
+                            f"{anneal!r}")
+        if anneal_steps is not None:
+            check_int("SAEM", "anneal_steps", anneal_steps, low=0)
+        # every past draw's weight is below 1 / num_chains: from there on, nothing is kept
+        check_probability("SAEM", "min_weight", min_weight, high=1.0 / num_chains,
+                          closed_low=True)
+        kernel_options = check_kernel_options("SAEM", kernel_options, {
+            "num_samples": "num_chains", "warmup_steps": "warmup_steps",
+            "num_chains": "num_chains", "thinning": "num_transitions"})
         self.sampler = MCMCGradient(kernel, 1, warmup_steps, num_chains,
-                                    thinning=num_transitions, **(kernel_options or {}))
+                                    thinning=num_transitions, **kernel_options)
         self.burn_in = burn_in
         self.statistics, self.closed_form = statistics, m_step
         self.m_steps = m_steps
         self.anneal, self.anneal_rate = tuple(anneal), float(anneal_rate)
         self.anneal_steps = burn_in if anneal_steps is None else anneal_steps
         self.min_weight = float(min_weight)
-        if max_memory is not None and (not isinstance(max_memory, int)
-                                       or isinstance(max_memory, bool)
-                                       or max_memory < 2 * num_chains):
-            raise ValueError(f"SAEM: max_memory must be None or an int >= 2 * num_chains "
-                             f"({2 * num_chains}), got {max_memory!r}")
+        if max_memory is not None:
+            check_int("SAEM", "max_memory", max_memory, low=2 * num_chains)
         self.max_memory = max_memory
         self._stats: dict[str, torch.Tensor] | None = None
         self._memory: torch.Tensor | None = None  # (rows, D) draws in Q_k

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
+
+from .._checks import check_int
+
 __all__ = ["saem_step_size"]
 
 
@@ -27,8 +31,9 @@ class saem_step_size:  # noqa: N801 -- a schedule is used like a function, as op
     """
 
     def __init__(self, burn_in: int = 100, alpha: float = 1.0):
-        if not isinstance(burn_in, int) or isinstance(burn_in, bool) or burn_in < 0:
-            raise ValueError(f"saem_step_size: burn_in must be an int >= 0, got {burn_in!r}")
+        check_int("saem_step_size", "burn_in", burn_in, low=0)
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise TypeError(f"saem_step_size: alpha must be a float in (0.5, 1], got {alpha!r}")
         if not 0.5 < alpha <= 1.0:
             raise ValueError(f"saem_step_size: alpha must be in (0.5, 1], got {alpha!r}")
         self.burn_in, self.alpha = burn_in, float(alpha)

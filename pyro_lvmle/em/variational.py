@@ -9,12 +9,16 @@ guide family that holds the posterior, a fully converged E-step makes this exact
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
-from pyro.infer import Trace_ELBO
+import torch
+from pyro.infer import ELBO, Trace_ELBO
 from pyro.optim import PyroOptim
 
+from .._checks import check_callable, check_int
 from ..traces.params import call_with_params, program_params
-from .driver import Driver
+from .driver import Driver, _check_shape
 from .m_step import load_optim_state
 
 __all__ = ["VariationalEM"]
@@ -35,7 +39,8 @@ class VariationalEM(Driver):
     :param record_params: see :class:`~pyro_lvmle.em.Driver` (model parameters only).
 
     Metrics per step: ``e_loss`` and ``m_loss`` (the loss at the last E and M update; for the
-    ELBO, minus the bound).
+    ELBO, minus the bound). Restarts (:meth:`~pyro_lvmle.em.Driver.run`) are ranked by minus
+    the loss at the end of each run (one evaluation: the ELBO, or the chosen bound).
 
     References:
 
@@ -55,26 +60,29 @@ class VariationalEM(Driver):
     """
 
     progress_metric = "m_loss"
+    _params_beyond_model = True  # loaded guide values wait in params until the guide runs
 
     def __init__(self, model, guide, loss=None, optim=None, *, e_steps: int = 10,
                  m_steps: int = 1, m_optim=None, record_params=True):
         super().__init__(model, record_params=record_params)
-        if not callable(guide):
-            raise TypeError(f"VariationalEM: guide must be a callable Pyro guide, got "
-                            f"{type(guide).__name__}")
+        check_callable("VariationalEM", "guide", guide, "a callable Pyro guide")
+        if guide is model:
+            raise ValueError("VariationalEM: guide is the model itself; pass a guide (for "
+                             "example pyro.infer.autoguide.AutoNormal(model))")
         loss = Trace_ELBO() if loss is None else loss
-        if not hasattr(loss, "loss_and_grads"):
-            raise TypeError(f"VariationalEM: loss must be a pyro.infer.ELBO instance, got "
-                            f"{type(loss).__name__}")
+        if isinstance(loss, type):
+            raise TypeError(f"VariationalEM: loss must be an instance, got the class "
+                            f"{loss.__name__}; write loss={loss.__name__}()")
+        if not isinstance(loss, ELBO) and not hasattr(loss, "loss_and_grads"):
+            raise TypeError(f"VariationalEM: loss must be a pyro.infer.ELBO instance such as "
+                            f"Trace_ELBO(), got {type(loss).__name__}")
         optim = pyro.optim.Adam({"lr": 0.01}) if optim is None else optim
         for name, value in (("optim", optim), ("m_optim", m_optim)):
             if value is not None and not isinstance(value, PyroOptim):
                 raise TypeError(f"VariationalEM: {name} must be a pyro.optim optimizer such as "
                                 f"pyro.optim.Adam({{'lr': 0.01}}), got {type(value).__name__}")
-        for name, value, low in (("e_steps", e_steps, 0), ("m_steps", m_steps, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"VariationalEM: {name} must be an int >= {low}, got "
-                                 f"{value!r}")
+        check_int("VariationalEM", "e_steps", e_steps, low=0)
+        check_int("VariationalEM", "m_steps", m_steps, low=1)
         self.guide, self.loss = guide, loss
         self.optim, self.m_optim = optim, m_optim or optim
         self.e_steps, self.m_steps = e_steps, m_steps
@@ -87,13 +95,39 @@ class VariationalEM(Driver):
         pyro.infer.util.zero_grads(set(leaves.values()))
         return float(value)
 
-    def _step(self, args, kwargs):
-        model_names = set(self.model_params(*args, **kwargs))
+    def _discover(self, args, kwargs) -> None:
+        super()._discover(args, kwargs)
         if self._guide_names is None:
             self._guide_names = list(program_params(self.guide, *args, **kwargs))
+            own = [n for n in self._guide_names if n not in self._param_names]
+            if self.e_steps > 0 and not own:
+                warnings.warn("VariationalEM: the guide has no parameters of its own, so the "
+                              "E-steps only move the model's; pass e_steps=0 (or a guide with "
+                              "parameters)", UserWarning, stacklevel=4)
+            elif self.e_steps == 0 and own:
+                warnings.warn(f"VariationalEM: e_steps=0, so the guide's parameters {own} are "
+                              "never fitted and the M-step maximizes a bound for a fixed "
+                              "guide; pass e_steps >= 1", UserWarning, stacklevel=4)
         if self._pending:  # loaded guide values wait for the guide's parameters to exist
             program_params(self.guide, *args, **kwargs)
         self._apply_pending()
+
+    def _forget_names(self) -> None:
+        super()._forget_names()
+        self._guide_names = None
+
+    def restart_objective(self, *args, **kwargs) -> float:
+        """Minus the loss at the current parameters (one evaluation; for the ELBO, the
+        bound itself).
+
+        :param args: the model's arguments.
+        :param kwargs: its keyword arguments.
+        """
+        with torch.no_grad():
+            return -float(self.loss.loss(self.model, self.guide, *args, **kwargs))
+
+    def _step(self, args, kwargs):
+        model_names = set(self.model_params(*args, **kwargs))
         metrics = {}
         for _ in range(self.e_steps):
             metrics["e_loss"] = self._update(set(self._guide_names), self.optim, args, kwargs)
@@ -111,12 +145,27 @@ class VariationalEM(Driver):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (the guide's parameters must exist: run the guide or a
-        step first in a fresh process).
+        """Restore :meth:`state_dict`, the guide's parameters included (set when the guide
+        first runs if they do not exist yet).
 
         :param dict state: as :meth:`state_dict` returned it.
         """
         super().load_state_dict(state)
+
+    def _check_state(self, state) -> None:
+        super()._check_state(state)
+        guide = state.get("guide_params")
+        where = "VariationalEM.load_state_dict"
+        if not isinstance(guide, dict) or not all(torch.is_tensor(v) for v in guide.values()):
+            raise ValueError(f"{where}: state['guide_params'] must map the guide's parameter "
+                             "names to tensors; the state is missing it or is corrupted")
+        leaves = dict(pyro.get_param_store().named_parameters())
+        for name, value in guide.items():
+            if name in leaves:
+                _check_shape("VariationalEM", name, value, leaves[name])
+
+    def _restore(self, state: dict) -> None:
+        super()._restore(state)
         guide = state.get("guide_params", {})
         self._guide_names = list(guide) or None
         self._pending = {**(self._pending or {}), **{n: v.clone() for n, v in guide.items()}}

@@ -9,6 +9,8 @@ import pyro
 import torch
 from torch.distributions import constraints
 
+from .._checks import check_int
+
 __all__ = ["ReferenceModel"]
 
 
@@ -251,6 +253,4 @@ def _num_data(data, num_data, dim, cls):
 
 
 def _check_count(value, name, where):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return value
+    return check_int(where, name, value, low=1)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pyro
 import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
+from .._checks import check_int, check_positive
 from .base import ReferenceModel, _check_count, _check_matrix, _num_data
 
 __all__ = ["LinearGaussian"]
@@ -65,10 +64,8 @@ class LinearGaussian(ReferenceModel):
         self, dim: int = 1, sigma: float = 1.0, learn_sigma: bool = True, init_params=None, *,
         prefix: str = "",
     ):
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"LinearGaussian: dim must be a positive int, got {dim!r}")
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"LinearGaussian: sigma must be a positive float, got {sigma!r}")
+        check_int("LinearGaussian", "dim", dim, low=1)
+        check_positive("LinearGaussian", "sigma", sigma)
         self.dim = dim
         self.sigma = float(sigma)
         self.learn_sigma = bool(learn_sigma)

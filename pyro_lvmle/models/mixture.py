@@ -33,10 +33,20 @@ class GaussianMixture(ReferenceModel):
     (Dempster, Laird & Rubin 1977) to convergence from several starts and returns the best
     local maximum found, the same procedure as scikit-learn's ``GaussianMixture``.
 
+    **Initial values.** The first time the model runs on data (the first step of a driver, of
+    ``SVI``), the parameters it creates start from the data, as scikit-learn's do: k-means++
+    seeds (Arthur & Vassilvitskii 2007, the seeding :meth:`mle` uses) drawn from torch's
+    global RNG, each datum assigned to its nearest seed, and the weights, means and covariances
+    (plus ``reg_covar`` on the diagonal) of these groups (:meth:`data_init`). Each such start
+    is random, so :meth:`~pyro_lvmle.em.Driver.run` with ``num_restarts`` explores several.
+    Without data (:meth:`params`, :meth:`simulate`, or the model run with ``num_data``) the
+    fixed defaults apply: equal weights, unit covariances, means drawn from a fixed seed. A
+    start from these on real data can end in a collapsing component.
+
     :param int num_components: :math:`K`.
     :param int data_dim: :math:`d`.
-    :param dict init_params: initial values overriding the defaults (equal weights, unit
-        covariances, means drawn from a fixed seed).
+    :param dict init_params: initial values overriding both the data-driven start and the
+        defaults.
     :param str prefix: prepended to the parameters' names in Pyro's param store.
 
     References:
@@ -92,9 +102,15 @@ class GaussianMixture(ReferenceModel):
         :param int subsample_size: optional mini-batch size for the plate ``"data"``.
         """
         num_data = _num_data(data, num_data, self.data_dim, "GaussianMixture")
-        weights = self._param("weights", data)
-        locs = self._param("locs", data)
-        scale_tril = self._param("scale_tril", data)
+        store = pyro.get_param_store()
+        start = {}
+        if data is not None and any(self.store_name(n) not in store
+                                    and n not in self._init_overrides for n in self.param_names):
+            start = self.data_init(data)  # only when a parameter is created: not per step
+        weights, locs, scale_tril = (
+            pyro.param(self.store_name(n), start[n], constraint=self._constraint(n))
+            if n in start and self.store_name(n) not in store and n not in self._init_overrides
+            else self._param(n, data) for n in self.param_names)
         with pyro.plate("data", num_data, subsample_size=subsample_size) as idx:
             batch = None if data is None else data[idx]
             c = pyro.sample("assignment", dist.Categorical(weights))
@@ -189,6 +205,43 @@ class GaussianMixture(ReferenceModel):
                 "pass reg_covar > 0 or use fewer components"
             )
         return best
+
+    def data_init(self, data, *, reg_covar: float = 1e-6) -> dict[str, torch.Tensor]:
+        """A random data-driven start: k-means++ seeds from torch's global RNG, each datum
+        assigned to its nearest seed, and each group's share, mean and covariance (plus
+        ``reg_covar`` on the diagonal; the whole data's covariance for a group of fewer than
+        ``d + 1`` points).
+
+        :param torch.Tensor data: shape ``(N, d)``, with more rows than components.
+        :param float reg_covar: added to the covariance diagonals.
+        :returns: ``{"weights", "locs", "scale_tril"}``.
+
+        Example::
+
+            >>> import pyro_lvmle as lv
+            >>> model = lv.models.GaussianMixture(2, 2)
+            >>> start = model.data_init(model.simulate(50))
+            >>> start["scale_tril"].shape
+            torch.Size([2, 2, 2])
+        """
+        data = _check_matrix(data, "data", self.data_dim, "GaussianMixture")
+        if len(data) <= self.num_components:
+            raise ValueError(
+                f"GaussianMixture: need more data ({len(data)}) than components "
+                f"({self.num_components}) to start from the data; pass init_params"
+            )
+        data = data.detach()
+        resp = self._kmeanspp_responsibilities(data)
+        nk = resp.sum(0)
+        locs = resp.T @ data / nk[:, None]
+        diff = data.unsqueeze(1) - locs
+        cov = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / nk[:, None, None]
+        small = nk < self.data_dim + 1  # too few points for a covariance
+        cov = torch.where(small[:, None, None], torch.cov(data.T, correction=0).reshape(
+            self.data_dim, self.data_dim).expand_as(cov), cov)
+        eye = torch.eye(self.data_dim, dtype=data.dtype, device=data.device)
+        return {"weights": nk / nk.sum(), "locs": locs,
+                "scale_tril": torch.linalg.cholesky(cov + reg_covar * eye)}
 
     def _kmeanspp_responsibilities(self, data):
         """Hard responsibilities from k-means++ seeding (nearest seed)."""

@@ -10,12 +10,12 @@ once, so the three always agree.
 from __future__ import annotations
 
 import math
-import numbers
 
 import pyro
 import torch
 from pyro.infer import ELBO
 
+from .._checks import check_int
 from ..traces import check_programs, guess_max_plate_nesting, particle_terms
 from ..traces.params import accumulate_grads, call_with_params
 
@@ -48,18 +48,9 @@ class ParticleObjective(ELBO):
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: float = math.inf,
                  retain_graph: bool | None = None, *, nonfinite: str = "raise"):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral) \
-                or num_particles < 1:
-            raise ValueError(
-                f"{type(self).__name__}: num_particles must be a positive int, got "
-                f"{num_particles!r}"
-            )
-        if not (max_plate_nesting == math.inf or (isinstance(max_plate_nesting, int)
-                                                  and max_plate_nesting >= 0)):
-            raise ValueError(
-                f"{type(self).__name__}: max_plate_nesting must be a non-negative int, got "
-                f"{max_plate_nesting!r}"
-            )
+        check_int(type(self).__name__, "num_particles", num_particles, low=1)
+        if max_plate_nesting != math.inf:
+            check_int(type(self).__name__, "max_plate_nesting", max_plate_nesting, low=0)
         if nonfinite not in ("raise", "skip"):
             raise ValueError(
                 f"{type(self).__name__}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"

@@ -1,3 +1,4 @@
+import pyro
 import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
@@ -111,3 +112,41 @@ def test_mle_rejects_too_little_data():
     model = GaussianMixture(3, 2)
     with pytest.raises(ValueError, match="more data"):
         model.mle(torch.randn(3, 2))
+
+
+def test_first_run_on_data_starts_from_kmeanspp_seeds(iris):
+    """The parameters the model creates on data are the groups around k-means++ seeds of the
+    data (random: another seed gives another start), not the fixed defaults; once created
+    they are read, never replaced."""
+
+    model = GaussianMixture(3, 4)
+    pyro.set_rng_seed(1)
+    expected = model.data_init(iris)
+    pyro.set_rng_seed(1)
+    model.model(iris)
+    created = model.params()
+    for name in model.param_names:  # (up to the constraints' round trip)
+        assert torch.allclose(created[name], expected[name], atol=1e-12, rtol=0), name
+    # the groups are the nearest-seed cells, so their means lie inside the data's range
+    assert (created["locs"] >= iris.min(0).values).all()
+    assert (created["locs"] <= iris.max(0).values).all()
+    assert torch.allclose(created["weights"].sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert not torch.allclose(created["locs"], model.initial_value("locs"))
+    model.model(iris)  # a second run reads the store
+    assert torch.equal(model.params()["locs"], created["locs"])
+    pyro.clear_param_store()
+    pyro.set_rng_seed(2)
+    model.model(iris)
+    assert not torch.equal(model.params()["locs"], created["locs"])
+
+
+def test_init_params_override_the_data_driven_start(iris):
+    """A value given in init_params wins; the others still start from the data."""
+    start = {"locs": torch.zeros(3, 4, dtype=torch.float64)}
+    model = GaussianMixture(3, 4, init_params=start)
+    pyro.set_rng_seed(1)
+    expected = model.data_init(iris)
+    pyro.set_rng_seed(1)
+    model.model(iris)
+    assert torch.equal(model.params()["locs"], start["locs"])
+    assert torch.allclose(model.params()["weights"], expected["weights"], atol=1e-12)
