@@ -2,9 +2,7 @@
 argument or site: objectives, samplers, the MCMC gradient, drivers, reference models, saved
 states and the command line (whose argparse errors exit with status 2 naming the option).
 
-Each case is ``(id, call, exception type, regex the message must match)``. Cases marked
-``xfail(strict=True)`` are known gaps owned elsewhere (the samplers refactor): they fail now
-and must start passing when it lands.
+Each case is ``(id, call, exception type, regex the message must match)``.
 """
 
 import math
@@ -23,7 +21,6 @@ from pyro_lvmle.em import History, saem_step_size
 from pyro_lvmle.samplers import BatchedKernel, ChainStore, PyroKernel, hmc_init, hmc_step
 from pyro_lvmle.traces import Potential
 
-LEAD = pytest.mark.xfail(strict=True, reason="lead: samplers refactor")
 INF, NAN = math.inf, math.nan
 
 
@@ -124,15 +121,15 @@ SAMPLERS = [
     ("kernel-step_size-nan", lambda: BatchedKernel(hmc_step, step_size=NAN), ValueError,
      "step_size"),
     pytest.param("kernel-step_size-inf", lambda: BatchedKernel(hmc_step, step_size=INF),
-                 ValueError, "step_size", marks=LEAD),
+                 ValueError, "step_size"),
     pytest.param("kernel-step_size-str", lambda: BatchedKernel(hmc_step, step_size="0.1"),
-                 TypeError, "step_size", marks=LEAD),
+                 TypeError, "step_size"),
     ("kernel-track_rate-negative", lambda: BatchedKernel(hmc_step, track_rate=-0.1),
      ValueError, "track_rate"),
     pytest.param("kernel-num_steps-0", lambda: BatchedKernel(hmc_step, num_steps=0),
-                 ValueError, "num_steps", marks=LEAD),
+                 ValueError, "num_steps"),
     pytest.param("kernel-target_accept-2", lambda: BatchedKernel(hmc_step, target_accept=2.0),
-                 ValueError, "target_accept", marks=LEAD),
+                 ValueError, "target_accept"),
     ("hmc_init-position-1d", lambda: hmc_init(torch.zeros(3), potential()), ValueError,
      "position"),
     ("hmc_init-step_size-0", lambda: hmc_init(torch.zeros(2, 3), potential(), step_size=0.0),
@@ -142,12 +139,11 @@ SAMPLERS = [
     ("hmc_step-jitter-1.5", lambda: hmc_step(chains(), potential(), jitter=1.5), ValueError,
      "jitter"),
     pytest.param("hmc_step-num_steps-0", lambda: hmc_step(chains(), potential(), num_steps=0),
-                 ValueError, "num_steps", marks=LEAD),
+                 ValueError, "num_steps"),
     ("pyro_kernel-str", lambda: PyroKernel("nuts"), TypeError, "kernel"),
     ("pyro_kernel-jit", lambda: PyroKernel(pyro.infer.NUTS(linear(), jit_compile=True)),
      ValueError, "jit_compile"),
-    pytest.param("chain_store-num_chains-0", lambda: ChainStore(0), ValueError, "num_chains",
-                 marks=LEAD),
+    pytest.param("chain_store-num_chains-0", lambda: ChainStore(0), ValueError, "num_chains"),
 ]
 
 # -------------------------------------------------------------------------- MCMC gradient
@@ -159,7 +155,7 @@ MCMC = [
     ("mcmc-num_chains-0", lambda: lv.MCMCGradient("hmc", num_chains=0), ValueError,
      "num_chains"),
     pytest.param("mcmc-num_chains-float", lambda: lv.MCMCGradient("hmc", num_chains=2.0),
-                 TypeError, "num_chains", marks=LEAD),
+                 TypeError, "num_chains"),
     ("mcmc-warmup_steps-negative", lambda: lv.MCMCGradient("hmc", warmup_steps=-1),
      ValueError, "warmup_steps"),
     ("mcmc-thinning-0", lambda: lv.MCMCGradient("hmc", thinning=0), ValueError, "thinning"),
@@ -168,7 +164,7 @@ MCMC = [
     ("mcmc-step_size-nan", lambda: lv.MCMCGradient("hmc", step_size=NAN), ValueError,
      "step_size"),
     pytest.param("mcmc-step_size-inf", lambda: lv.MCMCGradient("hmc", step_size=INF),
-                 ValueError, "step_size", marks=LEAD),
+                 ValueError, "step_size"),
     ("mcmc-target_accept-1.5", lambda: lv.MCMCGradient("hmc", target_accept=1.5), ValueError,
      "target_accept"),
     ("mcmc-target_accept-0", lambda: lv.MCMCGradient("hmc", target_accept=0.0), ValueError,
@@ -176,13 +172,13 @@ MCMC = [
     ("mcmc-num_steps-0", lambda: lv.MCMCGradient("hmc", num_steps=0), ValueError, "num_steps"),
     pytest.param("mcmc-max_plate_nesting-negative",
                  lambda: lv.MCMCGradient("hmc", max_plate_nesting=-1), ValueError,
-                 "max_plate_nesting", marks=LEAD),
+                 "max_plate_nesting"),
     ("mcmc-no-latent-sites", lambda: mcmc_step(no_latent_model, torch.randn(5)), ValueError,
      "latent"),
     ("mcmc-discrete-latent-under-hmc", lambda: mcmc_step(bernoulli_model, torch.randn(5)),
      ValueError, "'z'"),
     pytest.param("mcmc-load_state_dict-empty", lambda: lv.MCMCGradient("hmc").load_state_dict(
-        {}), ValueError, "position", marks=LEAD),
+        {}), ValueError, "position"),
 ]
 
 

@@ -241,5 +241,9 @@ class MCMCGradient(ELBO):
 
         :param dict state: as :meth:`state_dict` returned it.
         """
+        if not isinstance(state, dict) or "max_plate_nesting" not in state:
+            raise ValueError("MCMCGradient.load_state_dict: not a saved MCMCGradient state "
+                             "(no 'max_plate_nesting', or no 'position' of chains); pass what "
+                             "state_dict() returned")
         self.chains.load_state_dict(state)
         self.max_plate_nesting = state["max_plate_nesting"]

@@ -123,6 +123,8 @@ def hmc_step(state: HMCState, potential, *, num_steps: int = 10, metropolis: boo
         invariant.
     :returns: the new state and an :class:`HMCInfo`.
     """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"hmc_step: num_steps must be an int >= 1, got {num_steps!r}")
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"hmc_step: jitter must be in [0, 1), got {jitter!r}")
     q, energy, grad, eps, inv_mass = (state.position, state.potential_energy, state.grad,

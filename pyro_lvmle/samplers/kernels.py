@@ -78,7 +78,10 @@ class BatchedKernel:
         self.shared_step_size = bool(shared_step_size)
         track_rate = check_positive("BatchedKernel", "track_rate", track_rate, allow_zero=True)
         self.track_rate = float(track_rate) if self.adapt_step_size else 0.0
-        self.target_accept = _keyword(step, step_kwargs, "target_accept", 0.8)
+        if "num_steps" in step_kwargs:
+            check_int("BatchedKernel", "num_steps", step_kwargs["num_steps"], 1)
+        self.target_accept = check_probability(
+            "BatchedKernel", "target_accept", _keyword(step, step_kwargs, "target_accept", 0.8))
         self.step_kwargs = step_kwargs
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from .._checks import check_int
 from .base import ChainState, DualAveraging
 
 __all__ = ["ChainStore"]
@@ -31,7 +32,7 @@ class ChainStore:
     """
 
     def __init__(self, num_chains: int):
-        self.num_chains = num_chains
+        self.num_chains = check_int("ChainStore", "num_chains", num_chains, 1)
         self.reset()
 
     def reset(self) -> None:
@@ -193,6 +194,18 @@ class ChainStore:
 
         :param dict state: as :meth:`state_dict` returned it.
         """
+        missing = sorted(set(_STATE_KEYS) - set(state)) if isinstance(state, dict) else None
+        if missing is None or missing:
+            raise ValueError(f"ChainStore.load_state_dict: not a saved chain state (missing "
+                             f"{missing if missing else _STATE_KEYS}); pass what state_dict() "
+                             "returned")
+        positions = state["position"]
+        if not isinstance(positions, dict) or any(
+                not torch.is_tensor(v) or v.dim() < 1 or v.shape[0] != self.num_chains
+                for v in positions.values()):
+            raise ValueError(f"ChainStore.load_state_dict: the saved positions are not "
+                             f"{self.num_chains} chains' tensors; the state was saved with "
+                             "another num_chains or is corrupted")
         self.reset()
         self.position = dict(state["position"])
         self.inverse_mass = dict(state["inverse_mass"])
@@ -212,6 +225,9 @@ class ChainStore:
             shape[axis] = -1
             seen = seen & self.visited[plate][self._indices(potential, plate)].reshape(shape)
         return seen
+
+
+_STATE_KEYS = ("position", "inverse_mass", "visited", "step_size", "adaptation")
 
 
 def _plates(potential):
