@@ -26,27 +26,21 @@ with one :math:`\\beta` per chain.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from functools import partial
 from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.ops.contract import contract_to_tensor
 from torch.distributions import biject_to
 
 from .dependence import dependencies, discrete_blocks, per_element, summed_out
 from .discrete import DiscreteBlock, discrete_encoding, into_support, mark_parallel
 from .particles import _is_subsample, guess_max_plate_nesting
+from .plate import CHAIN_PLATE, plate_energy, site_log_probs, subsample_factor
 from .vmap import _prior_draws, _vmap_energy, choose_vectorization
 
 __all__ = ["CHAIN_PLATE", "LatentSite", "Potential"]
-
-#: Name of the plate that vectorizes chains.
-CHAIN_PLATE = "num_chains_vectorized"
-
 
 class LatentSite(NamedTuple):
     """Layout of one latent site in the flat unconstrained position.
@@ -444,27 +438,16 @@ class Potential:
                     for name in self._block_sites[block.name])
 
     def _site_log_probs(self, position):
-        """Each sample site's log density, scaled and masked as in :meth:`__call__` (no
-        ``N/B`` factor) and not summed, at positions ``(C, D)``; no enumeration."""
-        chains = pyro.plate(CHAIN_PLATE, position.shape[0], dim=-(self.max_plate_nesting + 1))
-        conditioned = poutine.condition(chains(self.model), data=self.unpack(position))
-        with poutine.block(), pyro.validation_enabled(False):
-            trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
-            return {name: scale_and_mask(
-                site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"]),
-                site["scale"] / _subsample_factor(site), site["mask"])
-                for name, site in trace.nodes.items()
-                if site["type"] == "sample" and not _is_subsample(site)}
+        return site_log_probs(self, position)
 
     def _energy(self, position, jacobian):
-        if position.dim() != 2 or position.shape[-1] != self.dim:
-            raise ValueError(
-                f"Potential: positions must have shape (num_chains, {self.dim}), got "
-                f"{tuple(position.shape)}"
-            )
+        _check_positions(position, self.dim)
         if self.vectorization == "vmap":
             return _vmap_energy(self, position, jacobian, self._chain_beta(position))
-        return self._plate_energy(position, jacobian)
+        return plate_energy(self, position, jacobian, self._chain_beta(position))
+
+    def _plate_energy(self, position, jacobian):  # the plate path, for vectorization checks
+        return plate_energy(self, position, jacobian, self._chain_beta(position))
 
     def _chain_beta(self, position):
         """:attr:`beta` as ``(C,)`` for positions ``(C, D)``, or ``None``."""
@@ -485,84 +468,11 @@ class Potential:
             if site["type"] != "sample":
                 continue
             if jacobian:
-                site["scale"] = site["scale"] / _subsample_factor(site)
+                site["scale"] = site["scale"] / subsample_factor(site)
             if beta is not None and name in self.tempered_sites:
                 site["scale"] = site["scale"] * beta
                 # beta = 0 ignores the site even where its density is 0 (0 * -inf = nan)
                 site["mask"] = beta > 0 if site["mask"] is None else site["mask"] & (beta > 0)
-
-    def _plate_energy(self, position, jacobian):
-        num_chains = position.shape[0]
-        unpacked = self._unpack(position)
-        data = {name: value for name, (value, _) in unpacked.items()}
-        chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(self.max_plate_nesting + 1))
-        conditioned = poutine.condition(chains(self.model), data=data)
-        if self.enumerated:
-            conditioned = poutine.enum(conditioned,
-                                       first_available_dim=-(self.max_plate_nesting + 2))
-        # the sampler's energies hide everything; the gradient's log joint shows its params
-        with poutine.block(expose_types=[] if jacobian else ["param"]):
-            trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
-        beta = self._chain_beta(position)
-        self._rescale(trace, jacobian, None if beta is None
-                      else beta.reshape((-1,) + (1,) * self.max_plate_nesting))
-        if self.enumerated:
-            log_joint = _contract_enumerated(trace, num_chains)
-        else:
-            rank = self.max_plate_nesting + 1
-            log_joint = position.new_zeros(num_chains)
-            for site in trace.nodes.values():
-                if site["type"] != "sample" or _is_subsample(site):
-                    continue
-                log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-                log_prob = pyro.distributions.util.scale_and_mask(log_prob, site["scale"],
-                                                                  site["mask"])
-                log_joint = log_joint + _sum_to_chains(log_prob, rank, num_chains)
-        if jacobian:
-            for _, log_det in unpacked.values():
-                log_det = log_det.reshape(num_chains, -1).sum(-1) if log_det.dim() > 1 \
-                    else log_det.expand(num_chains)
-                log_joint = log_joint + log_det
-        return -log_joint
-
-
-def _subsample_factor(site) -> float:
-    """The ``N/B`` factor subsampled plates put into a site's scale."""
-    factor = 1.0
-    for frame in site["cond_indep_stack"]:
-        if frame.full_size is not None and frame.size != frame.full_size:
-            factor *= frame.full_size / frame.size
-    return factor
-
-
-def _contract_enumerated(trace, num_chains):
-    """Sum the enumerated dimensions out of a trace's log densities (a tensor-variable
-    elimination over plates, :func:`pyro.ops.contract.contract_to_tensor`), keeping chains."""
-    trace.compute_log_prob()
-    trace.pack_tensors()
-    factors = OrderedDict()
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or _is_subsample(site):
-            continue
-        ordinal = frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"]
-                            if f.vectorized)
-        factors.setdefault(ordinal, []).append(site["packed"]["log_prob"])
-    enum_dims = set(trace.symbol_to_dim) - set(trace.plate_to_symbol.values())
-    chain_symbol = trace.plate_to_symbol[CHAIN_PLATE]
-    total = contract_to_tensor(factors, enum_dims, target_ordinal=frozenset({chain_symbol}))
-    return total.reshape(-1).expand(num_chains)
-
-
-def _sum_to_chains(log_prob, rank, num_chains):
-    """Sum a site's log density over every dimension but the chain plate's."""
-    if not torch.is_tensor(log_prob) or log_prob.dim() == 0:
-        return torch.as_tensor(log_prob).expand(num_chains)
-    log_prob = log_prob.reshape((1,) * max(rank - log_prob.dim(), 0) + log_prob.shape)
-    chain_dim = log_prob.dim() - rank
-    others = tuple(d for d in range(log_prob.dim()) if d != chain_dim)
-    total = log_prob.sum(others) if others else log_prob  # sum(()) would sum everything
-    return total.expand(num_chains)
-
 
 
 def _check_positions(position, dim):

@@ -1,0 +1,132 @@
+"""The plate path of :class:`~pyro_lvmle.traces.Potential`: every chain in one run of the
+model, the chains an outermost :class:`~pyro.plate` left of the model's own plates.
+
+One run conditions the model on every chain's latent values and gives every chain's log
+density; enumerated discrete sites are summed out of it by tensor variable elimination. A
+model written for one sample (``u[herd]``) breaks here; :mod:`pyro_lvmle.traces.vmap` is the
+other path.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.ops.contract import contract_to_tensor
+
+from .particles import _is_subsample
+
+__all__ = ["CHAIN_PLATE", "plate_energy", "site_log_probs"]
+
+#: Name of the plate that vectorizes chains.
+CHAIN_PLATE = "num_chains_vectorized"
+
+
+def _trace(potential, position, *, jacobian, beta, enumerate):
+    """The model's trace at positions ``(C, D)`` under the chain plate, rescaled as the
+    potential's energy wants it (:meth:`~pyro_lvmle.traces.Potential._rescale`), and the
+    unpacked values with their log Jacobians."""
+    num_chains = position.shape[0]
+    unpacked = potential._unpack(position)
+    data = {name: value for name, (value, _) in unpacked.items()}
+    chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(potential.max_plate_nesting + 1))
+    conditioned = poutine.condition(chains(potential.model), data=data)
+    if enumerate:
+        conditioned = poutine.enum(conditioned,
+                                   first_available_dim=-(potential.max_plate_nesting + 2))
+    # the sampler's energies hide everything; the gradient's log joint shows its params
+    with poutine.block(expose_types=[] if jacobian else ["param"]):
+        trace = poutine.trace(conditioned).get_trace(*potential.args, **potential.kwargs)
+    potential._rescale(trace, jacobian, None if beta is None
+                       else beta.reshape((-1,) + (1,) * potential.max_plate_nesting))
+    return trace, unpacked
+
+
+def _log_probs(trace):
+    """Each sample site's scaled and masked log density, not summed."""
+    return {name: scale_and_mask(site["fn"].log_prob(site["value"], *site["args"],
+                                                     **site["kwargs"]),
+                                 site["scale"], site["mask"])
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not _is_subsample(site)}
+
+
+def site_log_probs(potential, position: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each sample site's log density at positions ``(C, D)``, scaled and masked as in the
+    potential's energy (no ``N/B`` factor), not summed; no enumeration, no validation.
+
+    :param potential: the :class:`~pyro_lvmle.traces.Potential`.
+    :param torch.Tensor position: ``(C, D)``.
+    """
+    with pyro.validation_enabled(False):
+        trace, _ = _trace(potential, position, jacobian=True, beta=None, enumerate=False)
+        return _log_probs(trace)
+
+
+def plate_energy(potential, position: torch.Tensor, jacobian: bool,
+                 beta: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Every chain's :math:`U(q)` (with ``jacobian``; else :math:`-\log p(x, T(q))` with the
+    ``N/B`` factors kept and the model's params visible) by one run of the model.
+
+    :param potential: the :class:`~pyro_lvmle.traces.Potential`.
+    :param torch.Tensor position: ``(C, D)``.
+    :param bool jacobian: the sampler's energy, or the log joint of Fisher's identity.
+    :param torch.Tensor beta: ``(C,)`` tempering, or ``None``.
+    """
+    num_chains = position.shape[0]
+    trace, unpacked = _trace(potential, position, jacobian=jacobian, beta=beta,
+                             enumerate=bool(potential.enumerated))
+    if potential.enumerated:
+        log_joint = _contract_enumerated(trace, num_chains)
+    else:
+        rank = potential.max_plate_nesting + 1
+        log_joint = position.new_zeros(num_chains)
+        for log_prob in _log_probs(trace).values():
+            log_joint = log_joint + _sum_to_chains(log_prob, rank, num_chains)
+    if jacobian:
+        for _, log_det in unpacked.values():
+            log_det = log_det.reshape(num_chains, -1).sum(-1) if log_det.dim() > 1 \
+                else log_det.expand(num_chains)
+            log_joint = log_joint + log_det
+    return -log_joint
+
+
+def subsample_factor(site) -> float:
+    """The ``N/B`` factor subsampled plates put into a site's scale."""
+    factor = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.full_size is not None and frame.size != frame.full_size:
+            factor *= frame.full_size / frame.size
+    return factor
+
+
+def _contract_enumerated(trace, num_chains):
+    """Sum the enumerated dimensions out of a trace's log densities (a tensor-variable
+    elimination over plates, :func:`pyro.ops.contract.contract_to_tensor`), keeping chains."""
+    trace.compute_log_prob()
+    trace.pack_tensors()
+    factors = OrderedDict()
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or _is_subsample(site):
+            continue
+        ordinal = frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"]
+                            if f.vectorized)
+        factors.setdefault(ordinal, []).append(site["packed"]["log_prob"])
+    enum_dims = set(trace.symbol_to_dim) - set(trace.plate_to_symbol.values())
+    chain_symbol = trace.plate_to_symbol[CHAIN_PLATE]
+    total = contract_to_tensor(factors, enum_dims, target_ordinal=frozenset({chain_symbol}))
+    return total.reshape(-1).expand(num_chains)
+
+
+def _sum_to_chains(log_prob, rank, num_chains):
+    """Sum a site's log density over every dimension but the chain plate's."""
+    if not torch.is_tensor(log_prob) or log_prob.dim() == 0:
+        return torch.as_tensor(log_prob).expand(num_chains)
+    log_prob = log_prob.reshape((1,) * max(rank - log_prob.dim(), 0) + log_prob.shape)
+    chain_dim = log_prob.dim() - rank
+    others = tuple(d for d in range(log_prob.dim()) if d != chain_dim)
+    total = log_prob.sum(others) if others else log_prob  # sum(()) would sum everything
+    return total.expand(num_chains)
