@@ -1,6 +1,8 @@
 """Chains under torch.func.vmap: models written for one sample, the automatic choice between
 the plate and vmap paths, and the tempered target, all against hand-written densities."""
 
+from functools import partial
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -8,6 +10,7 @@ import torch
 from torch.distributions import constraints
 
 import pyro_lvmle as lv
+from pyro_lvmle.samplers import BatchedKernel, hmc_step
 from pyro_lvmle.traces import Potential
 from tests.common import assert_close, assert_within_stderr
 
@@ -371,3 +374,45 @@ def test_tempered_input_is_checked():
         potential.tempered(1.0, sites=["y"])
     with pytest.raises(ValueError, match="2 tempering betas for 3 chains"):
         potential.tempered(torch.tensor([0.5, 1.0]))(torch.zeros(3, 2))
+
+
+def _tempered_chains(beta):
+    """Chains of LinearGaussian's tempered target, one beta per chain, started at the prior
+    and moved 100 batched HMC transitions (fixed step): ``(C, N, D)`` draws of z."""
+    model = lv.models.LinearGaussian(dim=2, init_params={"w": torch.tensor([1.0, -1.0]),
+                                                         "sigma": torch.tensor(0.8)})
+    data = model.simulate(3, params={"w": torch.tensor([2.0, 0.0])})
+    potential = Potential(model, (data,))
+    target = potential.tempered(beta)
+    kernel = BatchedKernel(partial(hmc_step, num_steps=5), step_size=0.3,
+                           adapt_step_size=False)
+    state = kernel.init(potential.sample_prior(len(beta)), target)
+    for _ in range(100):
+        state, _ = kernel.step(state, target)
+    z = potential.unpack(state.position)["z"].reshape(len(beta), *data.shape)
+    return model, data, z
+
+
+def _assert_normal_moments(z, loc, scale, what):
+    n = z.shape[0]
+    assert_within_stderr(z.mean(0), loc, scale / n**0.5, what=f"{what} mean")
+    assert_within_stderr(z.var(0), scale**2, scale**2 * (2.0 / n) ** 0.5, what=f"{what} var")
+
+
+def test_tempered_chains_sample_the_prior_at_beta_0_and_the_posterior_at_beta_1():
+    beta = torch.tensor([0.0, 1.0]).repeat(2000)  # one beta per chain, mixed in one batch
+    model, data, z = _tempered_chains(beta)
+    posterior = model.posterior(data)
+    prior_loc = model.params()["w"].detach().expand_as(data)  # z_n ~ N(w, I)
+    _assert_normal_moments(z[beta == 0], prior_loc, torch.ones_like(data), "beta = 0 (prior)")
+    _assert_normal_moments(z[beta == 1], posterior.mean, posterior.stddev,
+                           "beta = 1 (posterior)")
+
+
+def test_control_tempered_chains_compared_with_the_swapped_target_fail():
+    beta = torch.tensor([0.0, 1.0]).repeat(2000)
+    model, data, z = _tempered_chains(beta)
+    with pytest.raises(AssertionError, match="standard errors"):
+        prior_loc = model.params()["w"].detach().expand_as(data)
+        _assert_normal_moments(z[beta == 1], prior_loc, torch.ones_like(data),
+                               "beta = 1 against the prior")
