@@ -71,11 +71,18 @@ def capped_effective_sample_size(draws: torch.Tensor) -> torch.Tensor:
     return ess.clamp(max=total)
 
 
-def assert_polyak_average(values, truth, what):
-    """The averaged iterate against the truth, with the trajectory's ESS-based error."""
+def assert_polyak_average(values, truth, what, num_batches: int = 5):
+    """The averaged iterate against the truth, with the larger of two standard errors: the
+    trajectory's ESS-based one, and the batch-means one (the spread of ``num_batches``
+    consecutive block means over ``sqrt(num_batches)``), which keeps the slow wandering of an
+    iterate along a flat direction of the likelihood (a small noise scale) that a short
+    trajectory's ESS estimate misses."""
     values = torch.stack(list(values))
+    flat = values.reshape(values.shape[0], -1)
     ess = capped_effective_sample_size(values.reshape(1, values.shape[0], -1))
-    stderr = values.reshape(values.shape[0], -1).std(0) / ess.sqrt()
+    size = flat.shape[0] // num_batches
+    means = flat[:size * num_batches].reshape(num_batches, size, -1).mean(1)
+    stderr = torch.maximum(flat.std(0) / ess.sqrt(), means.std(0) / num_batches**0.5)
     assert_within_stderr(values.mean(0).reshape(-1), truth.reshape(-1), stderr, what=what)
 
 

@@ -9,6 +9,7 @@ guide family that holds the posterior, a fully converged E-step makes this exact
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pyro
@@ -91,6 +92,14 @@ class VariationalEM(Driver):
     def _update(self, names, optim, args, kwargs) -> float:
         value, leaves = call_with_params(self.loss.loss_and_grads, self.model, self.guide,
                                          *args, **kwargs)
+        bad = [name for name, leaf in leaves.items() if name in names and leaf.grad is not None
+               and not torch.isfinite(leaf.grad).all()]
+        if bad or not math.isfinite(float(value)):
+            pyro.infer.util.zero_grads(set(leaves.values()))
+            raise ValueError(f"VariationalEM: the loss ({float(value)}) or the gradient of "
+                             f"parameters {bad} is NaN or infinite; the step is undone. With "
+                             "one of the package's objectives, nonfinite='skip' skips such "
+                             "steps instead (counted in loss.diagnostics)")
         optim([leaf for name, leaf in leaves.items() if name in names])
         pyro.infer.util.zero_grads(set(leaves.values()))
         return float(value)

@@ -166,3 +166,28 @@ def test_a_fault_in_any_step_rolls_back_exactly(name, fault_at):
     driver.run(data, num_steps=2, progress=False)
     for key, value in _store().items():
         assert torch.allclose(value, expected[key], atol=1e-10, rtol=0), key
+
+
+def test_variational_em_refuses_a_nan_gradient_and_keeps_the_parameters():
+    # Pyro's Trace_ELBO (the default loss) lets a NaN gradient through: the driver catches it
+    import pyro.distributions as dist
+
+    def model(x):
+        rate = pyro.param("rate", torch.tensor(0.0))
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        pyro.factor("kink", rate.abs().sqrt())  # finite at rate = 0, its gradient is not
+
+    def guide(x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        pyro.sample("z", dist.Normal(loc, 1.0))
+
+    driver = lv.VariationalEM(model, guide, e_steps=1, m_steps=1)
+    x = torch.tensor(0.5)
+    pyro.param("rate", torch.tensor(0.0))
+    pyro.param("loc", torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"VariationalEM: .*\['rate'\] is NaN or infinite"):
+        driver.step(x)
+    assert pyro.param("rate").item() == 0.0 and pyro.param("loc").item() == 0.0
+    assert all(p.grad is None or not p.grad.any()
+               for p in pyro.get_param_store()._params.values())

@@ -92,7 +92,8 @@ def test_nuts_and_mala_give_the_exact_mean_gradient():
 
 def polyak_fit(model, data, loss, burn_in, window, lr, **kwargs):
     """Adam with a decaying step to the optimum, then constant-step SGD with the iterates
-    averaged over ``window`` steps; returns the trajectory in that window ``(window, P)`` of the given statistic."""
+    averaged over ``window`` steps; returns the trajectory in that window ``(window, P)`` of
+    the given statistic."""
     # the learning rate falls 100-fold over the burn-in (Robbins-Monro): a constant Adam step
     # ends anywhere in a band of its own noise, which the short SGD window cannot leave
     decay = 0.01 ** (1.0 / burn_in)
