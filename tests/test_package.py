@@ -12,7 +12,8 @@ import pyro_lvmle as lv
 PACKAGE = pathlib.Path(lv.__file__).parent
 
 # DESIGN.md's layers, bottom up; a module may import only from its own layer or below.
-LAYERS = ["models", "traces", "objectives", "samplers", "gradients", "em", "evidence", "top"]
+# ``_checks`` (the shared input checks) sits below them all.
+LAYERS = ["_checks", "models", "traces", "objectives", "samplers", "gradients", "em", "evidence", "top"]
 
 
 def _public_objects():
