@@ -141,6 +141,8 @@ class NMixture(ReferenceModel):
         """
         data = self._check(data)
         rate = self.params(params, like=data)["rate"].detach()
+        if not (torch.isfinite(rate) and rate > 0):
+            raise ValueError(f"NMixture: rate must be positive and finite, got {rate.item()}")
         return _poisson_bound(rate, int(data.max().item()) if data.numel() else 0)
 
     def log_marginal(self, data, params=None, *, per_datum=False, bound=None):
