@@ -10,6 +10,7 @@ MODULES = [
     "pyro_lvmle.models.linear_gaussian",
     "pyro_lvmle.models.ppca",
     "pyro_lvmle.models.mixture",
+    "pyro_lvmle.models.nmixture",
     "pyro_lvmle.models.rbm",
     "pyro_lvmle.models.theophylline",
     "pyro_lvmle.objectives.iwae",

@@ -8,6 +8,7 @@ line use them to measure every estimator of the package against the truth.
 from .base import ReferenceModel
 from .linear_gaussian import LinearGaussian
 from .mixture import GaussianMixture
+from .nmixture import NMixture
 from .ppca import PPCA
 from .rbm import RBM
 from .theophylline import PKData, Theophylline, load_theophylline
@@ -15,6 +16,7 @@ from .theophylline import PKData, Theophylline, load_theophylline
 __all__ = [
     "GaussianMixture",
     "LinearGaussian",
+    "NMixture",
     "PKData",
     "PPCA",
     "RBM",
