@@ -41,6 +41,11 @@ def check_int(where: str, name: str, value, low: int = 0, high: int | None = Non
 def check_positive(where: str, name: str, value, *, allow_zero: bool = False) -> float:
     """``value`` as a finite positive ``float`` (or ``>= 0`` with ``allow_zero``).
 
+    :param str where: who checks, for the message.
+    :param str name: the argument's name.
+    :param value: what the user passed.
+    :param bool allow_zero: accept ``0``.
+
     Example::
 
         >>> check_positive("BatchedKernel", "step_size", 0.1)
@@ -61,6 +66,13 @@ def check_probability(where: str, name: str, value, *, low: float = 0.0,
     """``value`` as a ``float`` strictly inside ``(low, high)`` (``[low, high)`` with
     ``closed_low``).
 
+    :param str where: who checks, for the message.
+    :param str name: the argument's name.
+    :param value: what the user passed.
+    :param float low: the lower bound (open unless ``closed_low``).
+    :param float high: the open upper bound.
+    :param bool closed_low: accept ``low`` itself.
+
     Example::
 
         >>> check_probability("MCEM", "alpha", 0.25, high=0.5)
@@ -79,6 +91,11 @@ def check_probability(where: str, name: str, value, *, low: float = 0.0,
 
 def check_callable(where: str, name: str, value, what: str = "a callable"):
     """``value`` if it is callable, else a ``TypeError`` saying what was expected.
+
+    :param str where: who checks, for the message.
+    :param str name: the argument's name.
+    :param value: what the user passed.
+    :param str what: how the message names what is expected.
 
     Example::
 

@@ -13,7 +13,8 @@ PACKAGE = pathlib.Path(lv.__file__).parent
 
 # DESIGN.md's layers, bottom up; a module may import only from its own layer or below.
 # ``_checks`` (the shared input checks) sits below them all.
-LAYERS = ["_checks", "models", "traces", "objectives", "samplers", "gradients", "em", "evidence", "top"]
+LAYERS = ["_checks", "models", "traces", "objectives", "samplers", "gradients", "em",
+          "evidence", "top"]
 
 
 def _public_objects():
