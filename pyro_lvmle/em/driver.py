@@ -11,8 +11,6 @@ starts (``num_restarts``), keeping the best by the driver's own objective.
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 import warnings
 
@@ -20,18 +18,25 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_callable, check_int, check_positive, check_probability
-from ..traces.params import _cuda_devices, assign_params, program_params
+from .._checks import check_callable, check_int
+from ..traces.params import assign_params, program_params
 from .history import History
+from .restarts import monte_carlo_objective, run_restarts
+from .state import (
+    STATE_KIND,
+    STATE_VERSION,
+    check_param_shapes,
+    check_state,
+    clone_state,
+    rng_state,
+    set_rng_state,
+    truncate_history,
+)
 
-#: ``state_dict()["kind"]``: what a driver's saved state says it is
-STATE_KIND = "pyro_lvmle.Driver"
-#: ``state_dict()["version"]``: the layout of the saved state; bumped when it changes
-STATE_VERSION = 1
 #: a mean acceptance rate below this means the chains did not move (warned about)
 FROZEN_ACCEPT = 1e-3
 
-__all__ = ["Driver", "check_kernel_options"]
+__all__ = ["Driver"]
 
 
 class Driver:
@@ -117,8 +122,7 @@ class Driver:
             return
         leaves = dict(pyro.get_param_store().named_parameters())
         ready = [n for n in self._pending if n in leaves]
-        for name in ready:
-            _check_shape(type(self).__name__, name, self._pending[name], leaves[name])
+        check_param_shapes(type(self).__name__, {n: self._pending[n] for n in ready})
         with torch.no_grad():
             for name in ready:
                 leaves[name].copy_(self._pending.pop(name))
@@ -152,18 +156,18 @@ class Driver:
         :param args: the model's arguments (data).
         :param kwargs: its keyword arguments.
         """
-        rng = _rng_state()
+        rng = rng_state()
         fresh = self._param_names is None
         checkpoint = None
         try:
             self._discover(args, kwargs)  # first step: the parameters exist from here on
-            checkpoint = _clone(self.state_dict(with_history=False))
+            checkpoint = clone_state(self.state_dict(with_history=False))
             start = time.perf_counter()
             metrics = self._step(args, kwargs)
         except BaseException:
             if checkpoint is not None:
                 self._restore(checkpoint)
-            _set_rng_state(rng)
+            set_rng_state(rng)
             if fresh:
                 self._forget_names()
             raise
@@ -202,15 +206,7 @@ class Driver:
         :param args: the model's arguments.
         :param kwargs: its keyword arguments.
         """
-        sampler = getattr(self, "sampler", None)
-        if sampler is None or not getattr(sampler, "samples", None):
-            raise NotImplementedError(f"{type(self).__name__} has no restart objective")
-        from ..traces import Potential
-
-        potential = Potential(self.model, args, kwargs,
-                              max_plate_nesting=sampler._max_plate_nesting)
-        with torch.no_grad():
-            return potential.log_joint(potential.pack(sampler.samples)).mean().item()
+        return monte_carlo_objective(self, args, kwargs)
 
     def run(self, *args, num_steps: int = 100, progress: bool = True, callback=None,
             num_restarts: int = 1, init_params=None, **kwargs) -> History:
@@ -257,12 +253,8 @@ class Driver:
                            "callable as init_params(restart, *args, **kwargs) -> dict")
         if num_restarts == 1 and init_params is None:
             return self._run(args, kwargs, num_steps, progress, callback)
-        if self.iteration != 0:
-            raise ValueError(f"{where}: num_restarts/init_params start the fit over, but this "
-                             f"driver has already run {self.iteration} steps; build a new "
-                             "driver (or load a fresh state) to use restarts")
-        return self._run_restarts(args, kwargs, num_steps, progress, callback, num_restarts,
-                                  init_params)
+        return run_restarts(self, args, kwargs, num_steps, progress, callback, num_restarts,
+                            init_params)
 
     def _run(self, args, kwargs, num_steps, progress, callback, restart=None) -> History:
         desc = type(self).__name__ if restart is None else \
@@ -287,60 +279,6 @@ class Driver:
             bar.close()
         return self.history
 
-    def _run_restarts(self, args, kwargs, num_steps, progress, callback, num_restarts,
-                      init_params) -> History:
-        # each restart creates its parameters from its own seed (drawn once from the global
-        # RNG): a driver whose steps draw no random numbers (ExactEM) still gets different
-        # random starts; the runs' own draws continue the global stream
-        seed = int(torch.randint(2**62, ()))
-        records = History()
-        best = None  # (objective, restart, state)
-        starts = []
-        fresh = None  # the state before the first run's first step, parameters created
-        for restart in range(num_restarts):
-            if restart > 0:
-                state = fresh
-                if init_params is None:  # the model creates them again from its initial values
-                    self._delete_params()
-                    state = {**fresh, "params": {}, "param_names": []}
-                self._restore({**state, "rng": _rng_state()})
-            self.history = History()
-            with torch.random.fork_rng(devices=_cuda_devices()):
-                torch.manual_seed(seed + restart)
-                self._discover(args, kwargs)
-            if fresh is None:
-                fresh = _clone(self.state_dict(with_history=False))
-            if init_params is not None:
-                self.set_params(init_params(restart, *args, **kwargs))
-            start = {n: v.clone() for n, v in self.constrained_params().items()}
-            if any(all(torch.equal(start[n], other[n]) for n in start) for other in starts):
-                warnings.warn(f"{type(self).__name__}.run: restart {restart} starts from the "
-                              "same parameter values as an earlier one (the model's initial "
-                              "values are not random): pass init_params to give each restart "
-                              "its own start", UserWarning, stacklevel=3)
-            starts.append(start)
-            self._run(args, kwargs, num_steps, progress, callback, restart=restart)
-            objective = float(self.restart_objective(*args, **kwargs))
-            if self.history:
-                self.history.update({"restart_objective": objective})
-            records.extend(self.history)
-            if best is None or objective > best[0] or (math.isnan(best[0])
-                                                       and not math.isnan(objective)):
-                best = (objective, restart, _clone(self.state_dict(with_history=False)))
-        _, kept, state = best
-        state["rng"] = _rng_state()
-        self._restore(state)
-        self.best_restart = kept
-        self.history = records
-        return self.history
-
-    def _delete_params(self) -> None:
-        store = pyro.get_param_store()
-        for name in self._param_names or ():
-            if name in store:
-                del store[name]
-        self._param_names = None
-
     # ------------------------------------------------------------------- state (exact)
     def state_dict(self, with_history: bool = True) -> dict:
         """Everything needed to continue exactly: iteration, parameters (unconstrained),
@@ -356,7 +294,7 @@ class Driver:
                   if n in leaves}
         if self._pending is not None:
             params = {**params, **self._pending}
-        rng = _rng_state()
+        rng = rng_state()
         state = {"kind": STATE_KIND, "version": STATE_VERSION, "driver_class": type(self).__name__,
                  "iteration": self.iteration, "elapsed": self._elapsed,
                  "converged": self.converged, "best_restart": self.best_restart,
@@ -381,7 +319,7 @@ class Driver:
         if "history" in state:
             self.history = History.from_dict(state["history"])
         else:
-            self.history = _truncate(self.history, self.iteration)
+            self.history = truncate_history(self.history, self.iteration)
 
     def _restore(self, state: dict) -> None:
         """Set everything but the history from a (checked) state."""
@@ -404,68 +342,9 @@ class Driver:
         self._load_extra_state(state["driver"])
 
     def _check_state(self, state) -> None:
-        """Raise a ``ValueError`` naming what in ``state`` does not fit this driver."""
-        name = type(self).__name__
-        where = f"{name}.load_state_dict"
-        if not isinstance(state, dict):
-            raise TypeError(f"{where}: state must be the dict that state_dict() returned (or "
-                            f"torch.load of its file), got {type(state).__name__}")
-        if state.get("kind") != STATE_KIND:
-            raise ValueError(f"{where}: this is not a driver's saved state (its 'kind' is "
-                             f"{state.get('kind')!r}, expected {STATE_KIND!r}); pass what "
-                             "Driver.state_dict() returned")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"{where}: the state has layout version {state.get('version')!r}; "
-                             f"this pyro_lvmle reads version {STATE_VERSION}")
-        if state.get("driver_class") != name:
-            raise ValueError(f"{where}: the state was saved by {state.get('driver_class')!r}, "
-                             f"not {name!r}; load it into a {state.get('driver_class')}")
-        missing = [k for k in ("iteration", "elapsed", "converged", "param_names", "params",
-                               "rng", "driver") if k not in state]
-        if missing:
-            raise ValueError(f"{where}: the state has no entry {missing}; it is incomplete or "
-                             "corrupted")
-        try:
-            check_int(where, "state['iteration']", state["iteration"], low=0)
-        except TypeError as error:
-            raise ValueError(str(error)) from None
-        for key in ("elapsed", "converged"):
-            if isinstance(state[key], bool) and key == "elapsed" or \
-                    not isinstance(state[key], numbers.Real):
-                raise ValueError(f"{where}: state[{key!r}] must be a number, got "
-                                 f"{state[key]!r}")
-        names, params = state["param_names"], state["params"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"{where}: state['param_names'] must be a list of names, got "
-                             f"{names!r}")
-        if not isinstance(params, dict) or not all(torch.is_tensor(v) for v in params.values()):
-            raise ValueError(f"{where}: state['params'] must map parameter names to tensors")
-        extra = set(params) - set(names) if not self._params_beyond_model else set()
-        if set(names) - set(params) or extra:
-            raise ValueError(f"{where}: state['params'] holds {sorted(params)} but "
-                             f"state['param_names'] lists {names}; the state is corrupted")
-        if self._param_names is not None and names and set(names) != set(self._param_names):
-            raise ValueError(f"{where}: the state holds parameters {sorted(names)}, but this "
-                             f"driver's model has {sorted(self._param_names)}: it was saved "
-                             "from another model")
-        leaves = dict(pyro.get_param_store().named_parameters())
-        for key, value in params.items():
-            if key in leaves:
-                _check_shape(name, key, value, leaves[key])
-        rng = state["rng"]
-        reference = torch.get_rng_state()
-        if not isinstance(rng, dict) or not torch.is_tensor(rng.get("torch")) \
-                or rng["torch"].dtype != reference.dtype or rng["torch"].shape != reference.shape:
-            raise ValueError(f"{where}: state['rng']['torch'] must be a torch RNG state (a "
-                             f"uint8 tensor of shape {tuple(reference.shape)}); the state is "
-                             "corrupted")
-        _check_like(state["driver"], self._extra_state(), f"{where}: state['driver']")
-        chains = state["driver"].get("chains") if isinstance(state["driver"], dict) else None
-        sampler = getattr(self, "sampler", None)
-        if chains is not None and sampler is not None:
-            _check_chains(chains, sampler.num_chains, f"{where}: state['driver']['chains']")
-        if "history" in state:
-            History.check_dict(state["history"], f"{where}: state['history']")
+        """Raise a ``ValueError`` naming what in ``state`` does not fit this driver (see
+        :func:`~pyro_lvmle.em.state.check_state`); subclasses check their own entries too."""
+        check_state(self, state)
 
     def _extra_state(self) -> dict:
         return {}
@@ -480,139 +359,3 @@ class Driver:
         if self.record_params is True:
             return {n: v for n, v in values.items() if v.numel() <= 1000}
         return {n: values[n] for n in self.record_params if n in values}
-
-
-def check_kernel_options(where: str, options, taken=()) -> dict:
-    """A driver's ``kernel_options`` for :class:`~pyro_lvmle.MCMCGradient`, checked: a dict of
-    its keyword arguments, none of them one the driver sets itself (``taken``), with a finite
-    positive ``step_size`` (an infinite one would reject every proposal: frozen chains).
-
-    :param str where: the driver, for messages.
-    :param options: what the user passed (``None`` for none).
-    :param taken: the names the driver passes itself, with the driver argument to use instead.
-    :returns: the options as a new dict.
-    """
-    import inspect
-
-    from ..gradients import MCMCGradient
-
-    if options is None:
-        return {}
-    if not isinstance(options, dict):
-        raise TypeError(f"{where}: kernel_options must be a dict of MCMCGradient options such "
-                        f"as {{'step_size': 0.1}}, got {type(options).__name__}")
-    taken = dict(taken)
-    from ..samplers import make_sampler
-
-    signatures = (inspect.signature(MCMCGradient.__init__), inspect.signature(make_sampler))
-    accepted = [n for sig in signatures for n, p in sig.parameters.items()
-                if p.kind != p.VAR_KEYWORD and n not in ("self", "kernel", "model")
-                and n not in taken]
-    for key in options:
-        if key in taken:
-            raise ValueError(f"{where}: kernel_options sets {key!r}, which the driver sets "
-                             f"itself; pass {taken[key]}= to {where} instead")
-        if key not in accepted:
-            raise ValueError(f"{where}: kernel_options has an unknown option {key!r}; "
-                             f"MCMCGradient accepts {accepted}")
-    if "step_size" in options:
-        check_positive(where, "kernel_options['step_size']", options["step_size"])
-    if "num_steps" in options:
-        check_int(where, "kernel_options['num_steps']", options["num_steps"], low=1)
-    if options.get("target_accept") is not None:
-        check_probability(where, "kernel_options['target_accept']", options["target_accept"])
-    if options.get("max_plate_nesting") is not None:
-        check_int(where, "kernel_options['max_plate_nesting']", options["max_plate_nesting"])
-    return dict(options)
-
-
-def _check_shape(driver: str, name: str, value: torch.Tensor, leaf: torch.Tensor) -> None:
-    if value.shape != leaf.shape:
-        raise ValueError(f"{driver}: the loaded value of parameter {name!r} has shape "
-                         f"{tuple(value.shape)}, but the model's has {tuple(leaf.shape)}: the "
-                         "state was saved from another model (or another size of it)")
-
-
-def _check_like(value, template, path: str) -> None:
-    """``value`` has the structure of ``template`` (a driver's own ``_extra_state()``): the
-    same keys, tensors where it has tensors (``None`` allowed either way), numbers where it
-    has numbers."""
-    if template is None or value is None:
-        return
-    if isinstance(template, dict):
-        if not isinstance(value, dict):
-            raise ValueError(f"{path} must be a dict, got {type(value).__name__}; the state is "
-                             "corrupted")
-        if not template:  # e.g. an optimizer that has not run yet: any content
-            return
-        missing = [k for k in template if k not in value]
-        extra = [k for k in value if k not in template]
-        if missing or extra:
-            raise ValueError(f"{path} has no entry {missing} / unexpected entries {extra}: it "
-                             "was saved by a driver with other settings, or is corrupted")
-        for key in template:
-            _check_like(value[key], template[key], f"{path}[{key!r}]")
-    elif torch.is_tensor(template):
-        if not torch.is_tensor(value):
-            raise ValueError(f"{path} must be a tensor, got {type(value).__name__}; the state is "
-                             "corrupted")
-    elif isinstance(template, numbers.Real) and not isinstance(value, numbers.Real):
-        raise ValueError(f"{path} must be a number, got {value!r}; the state is corrupted")
-
-
-def _check_chains(chains, num_chains: int, path: str) -> None:
-    """The chains' entry from the driver's side: its keys, and tensors with one row per chain."""
-    if not isinstance(chains, dict):
-        raise ValueError(f"{path} must be a dict, got {type(chains).__name__}")
-    for key in ("position", "inverse_mass"):
-        sites = chains.get(key)
-        if not isinstance(sites, dict) or not all(torch.is_tensor(v) for v in sites.values()):
-            raise ValueError(f"{path}[{key!r}] must map latent sites to tensors; the state is "
-                             "corrupted")
-        for site, value in sites.items():
-            held = value.shape[0] if value.dim() else 0
-            if held != num_chains:
-                raise ValueError(f"{path}[{key!r}][{site!r}] holds {held} chains, this driver "
-                                 f"has num_chains={num_chains}: the state was saved with "
-                                 "another num_chains")
-    step_size = chains.get("step_size")
-    if step_size is not None and (not torch.is_tensor(step_size)
-                                  or step_size.shape != (num_chains,)):
-        raise ValueError(f"{path}['step_size'] must be a tensor of shape ({num_chains},) (one "
-                         "step size per chain); the state was saved with another num_chains or "
-                         "is corrupted")
-
-
-def _rng_state() -> dict:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _set_rng_state(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _truncate(history: History, num_steps: int) -> History:
-    """The history's first records up to iteration ``num_steps``."""
-    state = history.to_dict()
-    keep = sum(1 for s in state["step"] if s <= num_steps)
-    return History.from_dict({
-        "step": state["step"][:keep], "time": state["time"][:keep],
-        "metrics": {n: col[:keep] for n, col in state["metrics"].items()},
-        "params": {n: v[:keep] for n, v in state["params"].items()},
-    })
-
-
-def _clone(obj):
-    """A deep copy of nested dicts/lists/tuples of tensors and plain values."""
-    if torch.is_tensor(obj):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj

@@ -31,7 +31,8 @@ import torch
 
 from .._checks import check_int, check_positive, check_probability
 from ..gradients import MCMCGradient
-from .driver import Driver, check_kernel_options
+from .driver import Driver
+from .kernel_options import check_kernel_options
 from .m_step import check_m_step, load_optim_state, maximize
 
 __all__ = ["MCEM", "AscentDecision", "AscentRule", "ascent_rule"]

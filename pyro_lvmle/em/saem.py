@@ -30,7 +30,8 @@ import torch
 
 from .._checks import check_callable, check_int, check_probability
 from ..gradients import MCMCGradient
-from .driver import Driver, check_kernel_options
+from .driver import Driver
+from .kernel_options import check_kernel_options
 from .m_step import maximize
 from .schedules import saem_step_size
 

@@ -19,8 +19,9 @@ from pyro.optim import PyroOptim
 
 from .._checks import check_callable, check_int
 from ..traces.params import call_with_params, program_params
-from .driver import Driver, _check_shape
+from .driver import Driver
 from .m_step import load_optim_state
+from .state import check_param_shapes
 
 __all__ = ["VariationalEM"]
 
@@ -168,10 +169,7 @@ class VariationalEM(Driver):
         if not isinstance(guide, dict) or not all(torch.is_tensor(v) for v in guide.values()):
             raise ValueError(f"{where}: state['guide_params'] must map the guide's parameter "
                              "names to tensors; the state is missing it or is corrupted")
-        leaves = dict(pyro.get_param_store().named_parameters())
-        for name, value in guide.items():
-            if name in leaves:
-                _check_shape("VariationalEM", name, value, leaves[name])
+        check_param_shapes("VariationalEM", guide)
 
     def _restore(self, state: dict) -> None:
         super()._restore(state)

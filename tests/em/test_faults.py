@@ -10,6 +10,7 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_lvmle as lv
 from pyro_lvmle.traces.params import program_params
+from tests.em.test_saem import ppca_m_step, ppca_statistics
 
 
 class Faulty:
@@ -40,18 +41,6 @@ class FaultyMStep:
         if self.armed:
             values[self.bad] = -values[self.bad].abs() - 1.0  # outside its constraint
         return values
-
-
-def ppca_statistics(samples, data):
-    z = samples["z"]
-    z1 = torch.cat([z, torch.ones_like(z[..., :1])], -1)
-    return {"zz": z1.mT @ z1, "xz": data.mT @ z1}
-
-
-def ppca_m_step(stats, data):
-    wmu = torch.linalg.solve(stats["zz"], stats["xz"].mT).mT
-    resid = (data**2).sum() - (wmu * stats["xz"]).sum()
-    return {"W": wmu[:, :-1], "mu": wmu[:, -1], "sigma": (resid / data.numel()).sqrt()}
 
 
 def gmm_m_step(marginals, data):
