@@ -9,7 +9,7 @@ Markov chains (:class:`~pyro_lvmle.em.MCEM`, :class:`~pyro_lvmle.em.SAEM`):
 
     \\hat Q(\\theta) = \\frac1m \\sum_{j=1}^m \\log p(x, z_j; \\theta),
 
-at the chains' last kept draws :math:`z_1, \\dots, z_m`.
+at the chains' current states :math:`z_1, \\dots, z_m`.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def run_restarts(driver, args, kwargs, num_steps, progress, callback, num_restar
 
 def monte_carlo_objective(driver, args, kwargs) -> float:
     """The Monte Carlo Q-function :math:`\\frac1m \\sum_j \\log p(x, z_j; \\theta)` at the
-    current parameters and the last kept draws of ``driver.sampler``
+    current parameters and the chains' current states of ``driver.sampler``
     (a :class:`~pyro_lvmle.MCMCGradient`).
 
     :param driver: a driver with a ``sampler`` that has drawn.
@@ -123,14 +123,16 @@ def monte_carlo_objective(driver, args, kwargs) -> float:
         >>> monte_carlo_objective(mcem, (data,), {})  # doctest: +SKIP
     """
     sampler = getattr(driver, "sampler", None)
-    if sampler is None or not getattr(sampler, "samples", None):
+    if sampler is None or sampler.chains.step_size is None:
         raise NotImplementedError(f"{type(driver).__name__} has no restart objective")
     from ..traces import Potential
 
     potential = Potential(driver.model, args, kwargs,
-                          max_plate_nesting=sampler._max_plate_nesting)
+                          max_plate_nesting=sampler.max_plate_nesting)
+    # the chains' current states are part of the driver's saved state: a restored run
+    # scores as it did when it ended
     with torch.no_grad():
-        return potential.log_joint(potential.pack(sampler.samples)).mean().item()
+        return potential.log_joint(sampler.chains.gather("position", potential)).mean().item()
 
 
 def _delete_params(driver) -> None:

@@ -142,5 +142,5 @@ def test_bad_input():
         model.log_marginal(torch.tensor([[1.0, -1.0, 2.0]]))
     with pytest.raises(ValueError, match="3"):
         model.log_marginal(torch.ones(4, 2))
-    with pytest.raises(ValueError, match="num_sites"):
+    with pytest.raises(TypeError, match="num_sites"):
         model.model()
