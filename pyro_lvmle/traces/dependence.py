@@ -14,6 +14,7 @@ element.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pyro
 import pyro.poutine as poutine
@@ -21,7 +22,9 @@ import torch
 from pyro.ops.provenance import get_provenance, track_provenance
 
 from .discrete import DiscreteBlock, enumerable, perturbed
+from .layout import check_positions
 from .particles import _is_subsample
+from .plate import site_log_probs
 
 __all__ = []
 
@@ -150,7 +153,8 @@ def discrete_blocks(potential, trace, encodings, depends, frames):
         block = DiscreteBlock(site.name, site.offset, site.numel, batch_shape,
                               site.numel // max(math.prod(batch_shape), 1), *encodings[site.name])
         in_plates = tuple(name for name in frames if plates and plates <= frames[name])
-        if plates and not elements_independent(potential._site_log_probs, block, in_plates, base,
+        log_probs = partial(site_log_probs, potential)
+        if plates and not elements_independent(log_probs, block, in_plates, base,
                                                potential.max_plate_nesting + 1):
             block = block._replace(batch_shape=(), event_numel=block.numel)
         block_sites[site.name] = in_plates if block.batch_shape else tuple(frames)
@@ -215,3 +219,25 @@ def per_element(log_prob: torch.Tensor, batch_shape: tuple, rank: int,
         log_prob = log_prob.sum(drop, keepdim=True)
     return log_prob.reshape(log_prob.shape[:1] + log_prob.shape[rank - ndim:]).expand(
         (num_chains,) + tuple(batch_shape))
+
+
+def block_energy(potential, position: torch.Tensor, block: DiscreteBlock) -> torch.Tensor:
+    """:meth:`Potential.block_energy <pyro_lvmle.traces.Potential.block_energy>`: the energy
+    terms of the sites in the block's plates, kept per element (the whole energy for a joint
+    block, with summed-out sites, or on the vmap path).
+
+    :param potential: the :class:`~pyro_lvmle.traces.Potential`.
+    :param torch.Tensor position: ``(C, D)``.
+    :param DiscreteBlock block: one of ``potential.discrete_blocks``.
+    """
+    if block not in potential.discrete_blocks:
+        raise ValueError(f"block_energy: {block!r} is not one of this potential's "
+                         "discrete_blocks")
+    check_positions(position, potential.dim)
+    if potential.enumerated or potential.vectorization == "vmap":
+        return potential(position)
+    rank, num_chains = potential.max_plate_nesting + 1, position.shape[0]
+    log_probs = site_log_probs(potential, position)
+    return -sum(per_element(log_probs[name], block.batch_shape, rank, num_chains)
+                for name in potential._block_sites[block.name])
+

@@ -27,53 +27,20 @@ from __future__ import annotations
 
 import copy
 from functools import partial
-from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from torch.distributions import biject_to
 
-from .dependence import dependencies, discrete_blocks, per_element, summed_out
+from .dependence import block_energy, dependencies, discrete_blocks, summed_out
 from .discrete import DiscreteBlock, discrete_encoding, into_support, mark_parallel
+from .layout import LatentSite, check_positions, is_target_site
 from .particles import _is_subsample, guess_max_plate_nesting
-from .plate import CHAIN_PLATE, plate_energy, site_log_probs, subsample_factor
+from .plate import CHAIN_PLATE, plate_energy, subsample_factor
 from .vmap import _prior_draws, _vmap_energy, choose_vectorization
 
 __all__ = ["CHAIN_PLATE", "LatentSite", "Potential"]
-
-class LatentSite(NamedTuple):
-    """Layout of one latent site in the flat unconstrained position.
-
-    :ivar str name: the site's name.
-    :ivar torch.Size shape: the site's value shape (one chain).
-    :ivar torch.Size unconstrained_shape: the shape of its unconstrained value (one chain).
-    :ivar int offset: where its coordinates start in the flat position.
-    :ivar int numel: how many unconstrained coordinates it has.
-    :ivar transform: maps unconstrained to constrained values (``biject_to(support)``).
-    :ivar tuple batched_shape: the unconstrained shape with chains, ``-1`` standing for the
-        chain dimension, which sits left of every plate the model may open.
-    :ivar tuple subsampled: ``(plate name, axis, full size)`` for each vectorized plate the
-        site lives in, ``axis`` indexing ``batched_shape``: the site holds one value per datum
-        of the plate's current subsample (all of them when the plate is not subsampled) along
-        that axis, as :attr:`Potential.subsample_indices` lists them.
-    :ivar bool discrete: whether the site is a sampled discrete one (its coordinates hold
-        its exact values, see :class:`~pyro_lvmle.traces.discrete.DiscreteBlock`).
-    :ivar bool was_observed: whether the site is observed in the model (a target site of a
-        potential with ``uncondition=True``).
-    """
-
-    name: str
-    shape: torch.Size
-    unconstrained_shape: torch.Size
-    offset: int
-    numel: int
-    transform: torch.distributions.Transform
-    batched_shape: tuple
-    subsampled: tuple = ()
-    discrete: bool = False
-    was_observed: bool = False
-
 
 class Potential:
     r"""Potential energy :math:`U(q) = -\log p(x, T(q)) - \log|\det J_T(q)|`, batched over chains.
@@ -153,7 +120,7 @@ class Potential:
                                               data=self.subsample_indices) \
             if uncondition else self.model
         candidates = [(name, site) for name, site in trace.nodes.items()
-                      if _is_target_site(site, uncondition)]
+                      if is_target_site(site, uncondition)]
         found = None  # one tracked run, unless every discrete site is marked to be summed out
         if any(site["fn"].support.is_discrete and (site["is_observed"] or
                                                    site["infer"].get("enumerate") != "parallel")
@@ -426,22 +393,10 @@ class Potential:
         [1] Grathwohl, Swersky, Hashemi, Duvenaud & Maddison (2021), "Oops I took a gradient:
         scalable sampling for discrete distributions", ICML.
         """
-        if block not in self.discrete_blocks:
-            raise ValueError(f"block_energy: {block!r} is not one of this potential's "
-                             "discrete_blocks")
-        _check_positions(position, self.dim)
-        if self.enumerated or self.vectorization == "vmap":
-            return self(position)
-        rank, num_chains = self.max_plate_nesting + 1, position.shape[0]
-        log_probs = self._site_log_probs(position)
-        return -sum(per_element(log_probs[name], block.batch_shape, rank, num_chains)
-                    for name in self._block_sites[block.name])
-
-    def _site_log_probs(self, position):
-        return site_log_probs(self, position)
+        return block_energy(self, position, block)
 
     def _energy(self, position, jacobian):
-        _check_positions(position, self.dim)
+        check_positions(position, self.dim)
         if self.vectorization == "vmap":
             return _vmap_energy(self, position, jacobian, self._chain_beta(position))
         return plate_energy(self, position, jacobian, self._chain_beta(position))
@@ -473,19 +428,3 @@ class Potential:
                 site["scale"] = site["scale"] * beta
                 # beta = 0 ignores the site even where its density is 0 (0 * -inf = nan)
                 site["mask"] = beta > 0 if site["mask"] is None else site["mask"] & (beta > 0)
-
-
-def _check_positions(position, dim):
-    if position.dim() != 2 or position.shape[-1] != dim:
-        raise ValueError(
-            f"Potential: positions must have shape (num_chains, {dim}), got "
-            f"{tuple(position.shape)}"
-        )
-
-
-def _is_target_site(site, uncondition) -> bool:
-    """Whether a trace site gets coordinates: a latent sample site, or with ``uncondition``
-    an observed one too (``pyro.factor`` and ``pyro.deterministic`` sites excepted)."""
-    if site["type"] != "sample" or _is_subsample(site) or site["infer"].get("_deterministic"):
-        return False
-    return not site["is_observed"] or (uncondition and not site["infer"].get("is_auxiliary"))
