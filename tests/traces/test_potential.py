@@ -100,23 +100,12 @@ def test_energy_of_a_model_without_plates_is_per_chain():
     assert_close(potential(q), -dist.Normal(0.5, 1.0).log_prob(q[:, 0]), atol=1e-12)
 
 
-def test_enumerated_discrete_latents_are_summed_out_of_the_energy():
-    x = torch.tensor([-1.0, 0.5, 2.0, 3.0])
-
-    @pyro.infer.config_enumerate
-    def model(x):
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            c = pyro.sample("c", dist.Bernoulli(0.3))
-            pyro.sample("x", dist.Normal(z + 2.0 * c, 1.0), obs=x)
-
-    potential = Potential(model, (x,))
+def test_marked_discrete_latents_are_summed_out_of_the_energy():
+    x, weights = torch.tensor([-1.0, 0.5, 2.0, 3.0]), torch.tensor([0.7, 0.3])
+    potential = Potential(pyro.infer.config_enumerate(mixture), (x, weights))
     assert potential.enumerated == ("c",) and potential.dim == 4
     q = torch.randn(3, 4)
-    mixture = torch.stack([torch.tensor(0.7).log() + dist.Normal(q, 1.0).log_prob(x),
-                           torch.tensor(0.3).log() + dist.Normal(q + 2.0, 1.0).log_prob(x)])
-    log_joint = dist.Normal(0.0, 1.0).log_prob(q) + mixture.logsumexp(0)
-    assert_close(potential(q), -log_joint.sum(-1), atol=1e-10)
+    assert_close(potential(q), -mixture_log_joint(q, x, weights), atol=1e-10)
 
 
 def test_subsampled_plate_keeps_its_indices_and_samples_without_the_scale():
@@ -145,10 +134,11 @@ def mixture(x, weights):
         pyro.sample("x", dist.Normal(z + 2.0 * c, 1.0), obs=x)
 
 
-def mixture_log_joint(q, x, weights, summed=True):
-    """log p(x, z) with the label summed out by hand (or, planted, fixed at 0)."""
+def mixture_log_joint(q, x, weights, summed=True, beta=1.0):
+    """log p(x, z) with the label summed out by hand (or, planted, fixed at 0), the
+    likelihood tempered by ``beta`` (a float or ``(C, 1)``)."""
     log_weights = weights.log()
-    terms = torch.stack([log_weights[k] + dist.Normal(q + 2.0 * k, 1.0).log_prob(x)
+    terms = torch.stack([log_weights[k] + beta * dist.Normal(q + 2.0 * k, 1.0).log_prob(x)
                          for k in range(len(weights))])
     mixed = terms.logsumexp(0) if summed else terms[0]
     return (dist.Normal(0.0, 1.0).log_prob(q) + mixed).sum(-1)

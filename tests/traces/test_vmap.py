@@ -13,6 +13,7 @@ import pyro_lvmle as lv
 from pyro_lvmle.samplers import BatchedKernel, hmc_step
 from pyro_lvmle.traces import Potential
 from tests.common import assert_close, assert_within_stderr
+from tests.traces.test_potential import mixture, mixture_log_joint
 
 NUM_HERDS = 15
 HERD = torch.arange(NUM_HERDS).repeat_interleave(4)
@@ -220,17 +221,10 @@ def test_a_model_neither_path_runs_gets_one_line_saying_what_to_change():
 
 
 def test_enumerated_models_stay_on_the_plate_path():
-    @pyro.infer.config_enumerate
-    def model(x):
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            c = pyro.sample("c", dist.Bernoulli(0.3))
-            pyro.sample("x", dist.Normal(z + 2.0 * c, 1.0), obs=x)
-
-    x = torch.randn(4)
-    assert Potential(model, (x,)).vectorization == "plate"
+    args = (torch.randn(4), torch.tensor([0.7, 0.3]))  # the label unmarked, summed out
+    assert Potential(mixture, args).vectorization == "plate"
     with pytest.raises(ValueError, match="enumerated sites \\['c'\\]"):
-        Potential(model, (x,), vectorization="vmap")(torch.zeros(2, 4))
+        Potential(mixture, args, vectorization="vmap")(torch.zeros(2, 4))
 
 
 def test_vectorization_keyword_is_checked():
@@ -329,23 +323,12 @@ def test_beta_zero_ignores_an_impossible_observation(vectorization):
 
 
 def test_tempering_scales_before_enumerated_sites_are_summed_out():
-    x = torch.tensor([-1.0, 0.5, 2.0, 3.0])
-
-    @pyro.infer.config_enumerate
-    def model(x):
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            c = pyro.sample("c", dist.Bernoulli(0.3))
-            pyro.sample("x", dist.Normal(z + 2.0 * c, 1.0), obs=x)
-
-    potential = Potential(model, (x,))
+    x, weights = torch.tensor([-1.0, 0.5, 2.0, 3.0]), torch.tensor([0.7, 0.3])
+    potential = Potential(mixture, (x, weights))
     beta = torch.tensor([0.0, 0.4, 1.0])
     q = torch.randn(3, 4)
-    b = beta[:, None]
-    mixture = torch.stack([torch.tensor(0.7).log() + b * dist.Normal(q, 1.0).log_prob(x),
-                           torch.tensor(0.3).log() + b * dist.Normal(q + 2.0, 1.0).log_prob(x)])
-    log_joint = dist.Normal(0.0, 1.0).log_prob(q) + mixture.logsumexp(0)
-    assert_close(potential.tempered(beta)(q), -log_joint.sum(-1), atol=1e-10)
+    expected = mixture_log_joint(q, x, weights, beta=beta[:, None])
+    assert_close(potential.tempered(beta)(q), -expected, atol=1e-10)
 
 
 def test_factor_sites_are_tempered_unless_left_out():
