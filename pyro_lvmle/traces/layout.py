@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.distributions import biject_to
 
+from .discrete import discrete_encoding
 from .particles import _is_subsample
 
-__all__ = ["LatentSite", "check_positions", "is_target_site"]
+__all__ = ["LatentSite", "check_positions", "is_target_site", "lay_out"]
 
 
 class LatentSite(NamedTuple):
@@ -68,3 +70,50 @@ def is_target_site(site, uncondition: bool) -> bool:
     if site["type"] != "sample" or _is_subsample(site) or site["infer"].get("_deterministic"):
         return False
     return not site["is_observed"] or (uncondition and not site["infer"].get("is_auxiliary"))
+
+
+def lay_out(candidates, enumerated, bounds_free: dict, max_plate_nesting: int,
+            subsample_indices: dict) -> tuple[list[LatentSite], dict]:
+    """The flat layout of a potential's target sites, in trace order: continuous sites by
+    their ``biject_to`` transform, sampled discrete ones by their exact values.
+
+    :param candidates: ``(name, trace site)`` of every target site.
+    :param enumerated: names of the sites summed out (no coordinates).
+    :param dict bounds_free: discrete sites whose support bound depends on other latents.
+    :param int max_plate_nesting: the model's deepest plate nesting.
+    :param dict subsample_indices: each subsampled plate's mini-batch indices.
+    :returns: the :class:`LatentSite` s and, for each sampled discrete site, its
+        ``(lower, upper, kind)``.
+    :raises ValueError: when no site is left to sample.
+    """
+    sites, offset, encodings = [], 0, {}
+    for name, site in candidates:
+        fn = site["fn"]
+        if name in enumerated:
+            continue
+        if fn.support.is_discrete:
+            *encodings[name], transform = discrete_encoding(
+                name, fn, site["value"], bounds_free.get(name, False))
+        else:
+            transform = biject_to(fn.support)
+        unconstrained = transform.inv(site["value"])
+        # the chain dimension goes left of all max_plate_nesting plate dimensions
+        pad = max_plate_nesting - len(fn.batch_shape)
+        batched = (-1,) + (1,) * pad + tuple(unconstrained.shape)
+        subsampled = tuple(
+            (f.name, 1 + max_plate_nesting + f.dim, f.full_size)
+            for f in site["cond_indep_stack"]
+            if f.vectorized and f.name in subsample_indices and f.full_size is not None
+        )
+        sites.append(LatentSite(name, site["value"].shape, unconstrained.shape, offset,
+                                unconstrained.numel(), transform, batched, subsampled,
+                                fn.support.is_discrete, site["is_observed"]))
+        offset += unconstrained.numel()
+    if not sites:
+        summed = ", ".join(repr(name) for name in enumerated)
+        raise ValueError("the model has no latent sites to sample" + (
+            f": {summed} {'is' if len(enumerated) == 1 else 'are'} discrete and summed out "
+            "by enumeration; pyro.infer.TraceEnum_ELBO fits such a model exactly"
+            if enumerated else ""))
+    return sites, encodings
+

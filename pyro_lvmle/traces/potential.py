@@ -31,11 +31,10 @@ from functools import partial
 import pyro
 import pyro.poutine as poutine
 import torch
-from torch.distributions import biject_to
 
 from .dependence import block_energy, dependencies, discrete_blocks, summed_out
-from .discrete import DiscreteBlock, discrete_encoding, into_support, mark_parallel
-from .layout import LatentSite, check_positions, is_target_site
+from .discrete import DiscreteBlock, into_support, mark_parallel
+from .layout import LatentSite, check_positions, is_target_site, lay_out
 from .particles import _is_subsample, guess_max_plate_nesting
 from .plate import CHAIN_PLATE, plate_energy, subsample_factor
 from .vmap import _prior_draws, _vmap_energy, choose_vectorization
@@ -132,41 +131,14 @@ class Potential:
                   for name, site in trace.nodes.items()
                   if site["type"] == "sample" and not _is_subsample(site)}
         enumerated, automatic = summed_out(candidates, frames, depends)
-        sites, offset, encodings = [], 0, {}
-        for name, site in candidates:
-            fn = site["fn"]
-            if name in enumerated:
-                continue
-            if fn.support.is_discrete:
-                *encodings[name], transform = discrete_encoding(
-                    name, fn, site["value"], bounds_free.get(name, False))
-            else:
-                transform = biject_to(fn.support)
-            unconstrained = transform.inv(site["value"])
-            # the chain dimension goes left of all max_plate_nesting plate dimensions
-            pad = max_plate_nesting - len(fn.batch_shape)
-            batched = (-1,) + (1,) * pad + tuple(unconstrained.shape)
-            subsampled = tuple(
-                (f.name, 1 + max_plate_nesting + f.dim, f.full_size)
-                for f in site["cond_indep_stack"]
-                if f.vectorized and f.name in self.subsample_indices and f.full_size is not None
-            )
-            sites.append(LatentSite(name, site["value"].shape, unconstrained.shape, offset,
-                                    unconstrained.numel(), transform, batched, subsampled,
-                                    fn.support.is_discrete, site["is_observed"]))
-            offset += unconstrained.numel()
-        if not sites:
-            summed = ", ".join(repr(name) for name in enumerated)
-            raise ValueError("the model has no latent sites to sample" + (
-                f": {summed} {'is' if len(enumerated) == 1 else 'are'} discrete and summed out "
-                "by enumeration; pyro.infer.TraceEnum_ELBO fits such a model exactly"
-                if enumerated else ""))
+        sites, encodings = lay_out(candidates, enumerated, bounds_free, max_plate_nesting,
+                                   self.subsample_indices)
         if automatic:  # as if config_enumerate had marked them
             self.model = poutine.infer_config(self.model, partial(mark_parallel,
                                                                   frozenset(automatic)))
         self.sites = tuple(sites)
         self.enumerated = tuple(enumerated)
-        self.dim = offset
+        self.dim = sum(site.numel for site in sites)
         #: the observed and ``pyro.factor`` sites: what :meth:`tempered` scales by default
         self.likelihood_sites = tuple(
             name for name, site in trace.nodes.items()
@@ -399,9 +371,6 @@ class Potential:
         check_positions(position, self.dim)
         if self.vectorization == "vmap":
             return _vmap_energy(self, position, jacobian, self._chain_beta(position))
-        return plate_energy(self, position, jacobian, self._chain_beta(position))
-
-    def _plate_energy(self, position, jacobian):  # the plate path, for vectorization checks
         return plate_energy(self, position, jacobian, self._chain_beta(position))
 
     def _chain_beta(self, position):

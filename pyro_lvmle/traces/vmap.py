@@ -38,6 +38,7 @@ import torch
 from pyro.infer.mcmc.util import TraceEinsumEvaluator
 
 from .params import _cuda_devices
+from .plate import plate_energy
 
 __all__ = ["VECTORIZATIONS", "choose_vectorization"]
 
@@ -114,8 +115,8 @@ def choose_vectorization(potential, vectorization: str | None = None,
                          num_checks: int = 3) -> str:
     """``"plate"`` or ``"vmap"``: the given one, or the one that evaluates the potential right.
 
-    :param potential: a :class:`~pyro_lvmle.traces.Potential` (its ``_plate_energy`` is the
-        plate path).
+    :param potential: a :class:`~pyro_lvmle.traces.Potential` (evaluated on the plate path by
+        :func:`~pyro_lvmle.traces.plate.plate_energy` too).
     :param str vectorization: ``"plate"``, ``"vmap"`` (taken as is, unchecked) or ``None``.
     :param int num_checks: how many prior draws to compare the paths on.
     :raises ValueError: if neither path evaluates the model's chains right, saying what to
@@ -170,7 +171,7 @@ def choose_vectorization(potential, vectorization: str | None = None,
 
 def _plate(potential, draws):
     with pyro.validation_enabled(False):
-        return potential._plate_energy(draws, True)
+        return plate_energy(potential, draws, True)
 
 
 def _attempt(evaluate):
