@@ -7,8 +7,9 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import models
+from . import evidence, models
 from .em import MCEM, SAEM, ExactEM, History, VariationalEM
+from .evidence import Estimate
 from .gradients import (
     MCMCGradient,
     ObservedInformation,
@@ -34,6 +35,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "Estimate",
     "ExactEM",
     "GradientCheck",
     "History",
@@ -52,6 +54,7 @@ __all__ = [
     "__version__",
     "check_gradient",
     "empty_guide",
+    "evidence",
     "models",
     "observed_information",
     "standard_errors",

@@ -1,6 +1,11 @@
-"""Evidence estimators: ``log_marginal`` by exact enumeration, importance sampling and
-annealed importance sampling. Filled by a later issue; the reference models already
-carry their exact log marginals.
+"""Evidence estimators: how good is a fitted model? Log normalizing constants (marginal
+likelihoods, partition functions) with their standard errors, by annealed importance
+sampling along any path of targets (:func:`annealed_importance_sampling`), reported as one
+:class:`Estimate` type.
 """
 
-__all__: list[str] = []
+from .ais import AISResult, annealed_importance_sampling, check_betas
+from .estimate import Estimate, log_mean_exp
+
+__all__ = ["AISResult", "Estimate", "annealed_importance_sampling", "check_betas",
+           "log_mean_exp"]
