@@ -7,7 +7,7 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import evidence, models
+from . import evidence, models, parallel
 from .em import MCEM, SAEM, ExactEM, History, VariationalEM
 from .evidence import Estimate
 from .gradients import (
@@ -57,5 +57,6 @@ __all__ = [
     "evidence",
     "models",
     "observed_information",
+    "parallel",
     "standard_errors",
 ]

@@ -23,3 +23,22 @@ def test_example_runs(name, expected, capsys, tmp_path):
     else:
         module.main(quick=True)
     assert expected in capsys.readouterr().out
+
+
+def test_distributed_example_runs_on_two_processes(tmp_path):
+    """``torchrun --standalone --nproc_per_node=2 examples/distributed_fit.py --quick``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(EXAMPLES.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(EXAMPLES / "distributed_fit.py"), "--quick"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 process(es)" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| S")]
+    gaps = [float(row.split("|")[3]) for row in rows]
+    assert len(gaps) == 2 and all(0 <= gap < 0.02 for gap in gaps), result.stdout
