@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import evidence, models
 from .em import MCEM, SAEM, ExactEM, History, VariationalEM
-from .evidence import Estimate
+from .evidence import Estimate, log_marginal
 from .gradients import (
     MCMCGradient,
     ObservedInformation,
@@ -55,6 +55,7 @@ __all__ = [
     "check_gradient",
     "empty_guide",
     "evidence",
+    "log_marginal",
     "models",
     "observed_information",
     "standard_errors",
