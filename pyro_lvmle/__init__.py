@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import evidence, models
 from .em import MCEM, SAEM, ExactEM, History, VariationalEM
+from .compare import Comparison, compare
 from .evidence import Estimate, log_marginal
 from .gradients import (
     MCMCGradient,
@@ -35,6 +36,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "Comparison",
     "Estimate",
     "ExactEM",
     "GradientCheck",
@@ -53,6 +55,7 @@ __all__ = [
     "VariationalEM",
     "__version__",
     "check_gradient",
+    "compare",
     "empty_guide",
     "evidence",
     "log_marginal",
