@@ -8,8 +8,8 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import evidence, models
-from .em import MCEM, SAEM, ExactEM, History, VariationalEM
 from .compare import Comparison, compare
+from .em import MCEM, SAEM, ExactEM, History, VariationalEM
 from .evidence import Estimate, log_marginal
 from .gradients import (
     MCMCGradient,

@@ -19,10 +19,9 @@ weights stay unbiased.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
-
-from typing import NamedTuple
 
 from .._checks import check_int, check_positive, check_probability
 from .ais import check_betas
