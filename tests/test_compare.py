@@ -24,21 +24,21 @@ def _setup():
 
 
 def _methods(model):
-    return {"MCEM": lv.MCEM(model, num_samples=10, warmup_steps=50, auto=False, m_steps=10),
+    return {"MCEM": lv.MCEM(model, num_samples=10, warmup_steps=30, auto=False, m_steps=5),
             "IWAE": lv.TraceIWAE_ELBO(8),
             "Trace_ELBO": Trace_ELBO(),
-            "SAEM": lv.SAEM(model, burn_in=5, warmup_steps=50)}
+            "SAEM": lv.SAEM(model, burn_in=5, warmup_steps=30)}
 
 
 def test_ranking_agrees_with_the_exact_log_likelihoods_and_files_reload(tmp_path):
     model, x = _setup()
     comparison = lv.compare(_methods(model), model, x, guide=AutoNormal(model),
-                            budget={"steps": 20}, eval_every=5,
+                            budget={"steps": 12}, eval_every=4,
                             evaluate={"method": "is", "num_samples": 4000})
     assert not comparison.errors
     evaluated, exact = {}, {}
     for name, rows in comparison.records.items():
-        assert rows[0]["step"] == 0 and rows[-1]["step"] == 20
+        assert rows[0]["step"] == 0 and rows[-1]["step"] == 12
         params = {k: torch.tensor(v) for k, v in rows[-1]["params"].items()}
         params["sigma"] = params["sigma"].reshape(())
         exact[name] = float(model.log_marginal(x, params).detach())
