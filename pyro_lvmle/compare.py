@@ -287,8 +287,9 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
     called (those the model creates at their initial values otherwise) and from the random
     seed ``seed``. Its steps, and only they, are timed; evaluations happen at step 0, every
     ``eval_every`` steps and at the end. A method that raises is recorded as failed (its
-    message in the table) and the others still run. Afterwards the param store holds the
-    starting values again.
+    message in the table) and the others still run. An interruption (``KeyboardInterrupt``)
+    ends the comparison with what was recorded (``info["interrupted"]`` names the method).
+    Afterwards the param store holds the starting values again.
 
     .. math::
 
@@ -338,7 +339,7 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
     names = list(program_params(model, *args, **kwargs))  # creates them at their start
     _warm_up()
     start = copy.deepcopy(pyro.get_param_store().get_state())
-    records, errors = {}, {}
+    records, errors, interrupted = {}, {}, None
     for name, method in methods.items():
         pyro.get_param_store().set_state(copy.deepcopy(start))
         pyro.set_rng_seed(seed)
@@ -358,9 +359,14 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
         except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
             errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
             continue
+        except KeyboardInterrupt:  # keep what was recorded; the other methods do not run
+            if rows:
+                records[name] = rows
+            interrupted = name
+            break
         records[name] = rows
     pyro.get_param_store().set_state(start)
-    info = {"budget": budget, "eval_every": eval_every, "seed": seed,
+    info = {"budget": budget, "eval_every": eval_every, "seed": seed, "interrupted": interrupted,
             "evaluation": evaluate if isinstance(evaluate, str) else
             "log p(x)" if isinstance(evaluate, dict) else getattr(evaluate, "__name__",
                                                                    "evaluation")}

@@ -110,3 +110,20 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="eval_every"):
         lv.compare({"a": Trace_ELBO()}, model, x, eval_every=0)
     pyro.clear_param_store()
+
+
+def test_an_interruption_keeps_what_was_recorded():
+    model, x = _setup()
+    calls = []
+
+    def interrupt_at_the_third_evaluation(data):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return 0.0
+
+    comparison = lv.compare({"a": lv.TraceIWAE_ELBO(2), "b": lv.TraceIWAE_ELBO(2)}, model, x,
+                            guide=lv.PriorGuide(model), evaluate=interrupt_at_the_third_evaluation,
+                            budget={"steps": 5}, eval_every=1)
+    assert list(comparison.records) == ["a"] and len(comparison.records["a"]) == 2
+    assert comparison.info["interrupted"] == "a"

@@ -75,7 +75,8 @@ def psis_k_hat(top_log_weights: torch.Tensor, num_samples: int) -> float:
     largest = largest[largest > cutoff]
     if largest.numel() < 10:
         return math.nan
-    k, _ = fit_generalized_pareto(largest.exp() - math.exp(cutoff))
+    # Pyro's fit builds its grid on the CPU
+    k, _ = fit_generalized_pareto((largest.exp() - math.exp(cutoff)).cpu())
     return float(k)
 
 
@@ -149,8 +150,9 @@ def importance_log_marginal(model, args=(), kwargs=None, *, guide=None,
     variance = ((ratio - 1) * num_samples / (num_samples - 1)).clamp(min=0)
     stderrs = (variance / num_samples).sqrt()
     ess = (2 * sum_w - sum_w2).exp()
+    top = top.cpu()  # one transfer; the fits are small and sequential
     k_hat = torch.tensor([psis_k_hat(top[:, u], num_samples) for u in range(top.shape[1])],
-                         dtype=values.dtype)
+                         dtype=values.dtype, device=values.device)
     value = values.sum()
     diagnostics = {"ess": ess, "k_hat": k_hat, "stderr": stderrs, "min_ess": float(ess.min()),
                    "max_k_hat": float(k_hat.max()) if k_hat.numel() else math.nan,
