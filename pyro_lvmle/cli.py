@@ -65,6 +65,10 @@ def _rbm(num_data):
     return model, model.simulate(num_data)
 
 
+#: the fewest simulated data each model's maximum-likelihood estimate needs (PPCA: variance
+#: left outside the latent_dim = 2 principal directions of the centred data)
+MIN_DATA = {"ppca": 4, "gmm": 2}
+
 #: name -> (build(num_data) -> (model, data), default number of data)
 MODELS: dict[str, tuple[Callable, int]] = {
     "linear-gaussian": (_linear_gaussian, 200),
@@ -253,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(_argv(sys.argv[1:] if argv is None else argv))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda is not available on this machine")
+    if args.num_data is not None and args.num_data < MIN_DATA.get(args.model, 1):
+        parser.error(f"argument --num-data: the {args.model} model needs at least "
+                     f"{MIN_DATA[args.model]} data, got {args.num_data}")
     dtype, device = torch.get_default_dtype(), torch.get_default_device()
     torch.set_default_dtype(torch.float64)
     torch.set_default_device(args.device)
