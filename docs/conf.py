@@ -8,7 +8,10 @@ versions.
 
 import importlib
 import inspect
+import json
 import pathlib
+import re
+import textwrap
 import zlib
 
 import pyro
@@ -120,3 +123,45 @@ intersphinx_mapping = {
     "torch": ("https://pytorch.org/docs/stable/", _write_inventory(
         _INVENTORIES / "torch.inv", "PyTorch", torch.__version__.split("+")[0], _TORCH)),
 }
+
+
+# The tutorial notebooks (docs/tutorials/*.ipynb, executed by tests/test_notebooks.py) are
+# rendered as pages written here from their cells: markdown cells (headings, paragraphs,
+# inline code) as reST, code cells as code blocks. No pandoc or Jupyter needed.
+_TUTORIALS = pathlib.Path(__file__).parent / "tutorials"
+_UNDERLINES = {1: "=", 2: "-", 3: "~"}
+
+
+def _markdown_to_rst(text):
+    lines = []
+    for line in text.splitlines():
+        heading = re.match(r"^(#{1,3}) (.*)$", line)
+        if heading:
+            title = heading.group(2).strip()
+            lines += [title, _UNDERLINES[len(heading.group(1))] * len(title)]
+            continue
+        lines.append(re.sub(r"(?<!`)`([^`]+)`(?!`)", r"``\1``", line))
+    return "\n".join(lines)
+
+
+def _notebook_page(path):
+    cells = json.loads(path.read_text())["cells"]
+    parts = []
+    for index, cell in enumerate(cells):
+        source = "".join(cell["source"]).rstrip()
+        if cell["cell_type"] == "markdown":
+            parts.append(_markdown_to_rst(source))
+            if index == 0:
+                parts.append(f"(Download :download:`the notebook <{path.name}>`; the test "
+                             "suite runs it top to bottom.)")
+        elif cell["cell_type"] == "code":
+            parts.append(".. code-block:: python\n\n" + textwrap.indent(source, "    "))
+    return ".. generated from the notebook by docs/conf.py; do not edit\n\n" + \
+        "\n\n".join(parts) + "\n"
+
+
+for _notebook in sorted(_TUTORIALS.glob("*.ipynb")):
+    _page = _TUTORIALS / f"{_notebook.stem}.rst"
+    _text = _notebook_page(_notebook)
+    if not _page.exists() or _page.read_text() != _text:  # no rebuild when unchanged
+        _page.write_text(_text)

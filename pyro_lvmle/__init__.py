@@ -8,8 +8,9 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import evidence, models, parallel
+from .compare import Comparison, compare
 from .em import MCEM, SAEM, ExactEM, History, VariationalEM
-from .evidence import Estimate
+from .evidence import Estimate, log_marginal
 from .gradients import (
     MCMCGradient,
     ObservedInformation,
@@ -35,6 +36,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "Comparison",
     "Estimate",
     "ExactEM",
     "GradientCheck",
@@ -53,8 +55,10 @@ __all__ = [
     "VariationalEM",
     "__version__",
     "check_gradient",
+    "compare",
     "empty_guide",
     "evidence",
+    "log_marginal",
     "models",
     "observed_information",
     "parallel",

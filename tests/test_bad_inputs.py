@@ -499,7 +499,10 @@ CLI = [
     (["compare", "--num-data", "-5"], "--num-data"),
     (["compare", "--num-data", "ten"], "--num-data"),
     (["compare", "--num-data", "2.5"], "--num-data"),
-    (["compare", "--num-steps", "0"], "--num-steps"),
+    (["compare", "--max-steps", "0"], "--max-steps"),
+    (["compare", "--budget", "0"], "--budget"),
+    (["compare", "--eval-every", "0"], "--eval-every"),
+    (["compare", "--methods", "sgd"], "--methods"),
     (["compare", "--lr", "0"], "--lr"),
     (["compare", "--lr", "-0.1"], "--lr"),
     (["compare", "--lr", "nan"], "--lr"),
@@ -529,9 +532,9 @@ def test_bad_command_line_exits_with_usage_naming_the_option(capsys, argv, match
     cli_exit(capsys, argv, match)
 
 
-def test_cli_compare_unknown_model_is_a_value_error():
-    with pytest.raises(ValueError, match="model_name"):
-        cli.compare("nope", num_data=10, num_steps=1, lr=0.1, seed=0)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cli_device_cuda_without_cuda_is_refused(capsys):
+    cli_exit(capsys, ["--device", "cuda"], "cuda is not available")
 
 
 def test_suite_has_at_least_100_cases():

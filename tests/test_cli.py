@@ -1,10 +1,13 @@
+import csv
 import subprocess
 import sys
 
 import pytest
 
 import pyro_lvmle
-from pyro_lvmle import cli
+from pyro_lvmle import cli, gradients
+
+TINY = ["--budget", "0.05", "--max-steps", "2", "--eval-every", "1", "--num-data", "20"]
 
 
 def test_version(capsys):
@@ -14,34 +17,61 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"pyro-lvmle {pyro_lvmle.__version__}"
 
 
-@pytest.mark.parametrize("model", ["linear-gaussian", "ppca"])
-def test_compare_prints_a_table_no_method_beats_the_mle(capsys, model):
-    argv = ["compare", "--model", model, "--num-data", "60", "--num-steps", "30"]
+def test_default_run_end_to_end_with_a_tiny_budget(capsys, tmp_path):
+    assert cli.main(["compare", *TINY, "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for label in ("Trace_ELBO (Pyro)", "IWAE", "DReG", "STL", "MCMC gradient", "MCEM", "SAEM",
+                  "variational EM", "closed-form MLE"):
+        assert label in out
+    assert "failed" not in out
+    with open(tmp_path / "comparison.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 8 and all(1 <= int(row["steps"]) <= 2 for row in rows)
+    # no fit beats the closed-form maximum
+    best = float(out.split("closed-form MLE): ")[1].split()[0])
+    assert all(float(row["final"]) <= best + 1e-6 for row in rows)
+    assert (tmp_path / "comparison.png").stat().st_size > 1000
+
+
+def test_options_without_the_command_and_a_subset_of_methods(capsys, tmp_path):
+    argv = ["--model", "ppca", "--methods", "elbo,mcem", *TINY, "--output", str(tmp_path)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "closed-form MLE" in out
-    for name in cli._METHODS:
-        assert name in out
-    rows = cli.compare(model, num_data=60, num_steps=30, lr=0.05, seed=0)
-    assert rows[0]["gap"] == 0.0
-    # the closed-form MLE is the maximum: every fitted method's gap is non-negative
-    assert all(r["gap"] >= -1e-9 for r in rows[1:])
+    assert "ppca" in out and "MCEM" in out and "IWAE" not in out
 
 
-def test_more_steps_close_the_gap():
-    short = cli.compare("linear-gaussian", num_data=100, num_steps=20, lr=0.05, seed=0)
-    long = cli.compare("linear-gaussian", num_data=100, num_steps=400, lr=0.05, seed=0)
-    for a, b in zip(short[1:], long[1:], strict=True):
-        assert b["gap"] < a["gap"]
+def test_gmm_uses_enumeration_and_exact_em(capsys, tmp_path):
+    assert cli.main(["--model", "gmm", *TINY, "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "exact EM" in out and "TraceEnum_ELBO" in out and "failed" not in out
+    assert cli.main(["--model", "gmm", "--methods", "iwae", *TINY, "--output",
+                     str(tmp_path)]) == 2
+    assert "no method" in capsys.readouterr().err
 
 
-def test_bad_arguments_exit_with_usage(capsys):
+@pytest.mark.skipif(hasattr(gradients, "ContrastiveDivergence"),
+                    reason="the RBM runs once contrastive divergence exists")
+def test_rbm_without_contrastive_divergence_is_one_line():
+    with pytest.raises(SystemExit, match="ContrastiveDivergence"):
+        cli.main(["--model", "rbm", *TINY])
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--seed", "-1"], "--seed: must be an integer in [0, 2**32), got '-1'"),
+    (["compare", "--num-data", "x"], "--num-data: must be a positive integer, got 'x'"),
+    (["--num-data", "0"], "--num-data: must be a positive integer, got '0'"),
+    (["--budget", "inf"], "--budget: must be a finite positive number"),
+    (["--model", "nonexistent"], "invalid choice: 'nonexistent'"),
+    (["--methods", "foo"], "--methods: must be a comma-separated list"),
+    (["compare", "extra"], "unrecognized arguments: extra"),
+])
+def test_every_argument_error_is_one_line(capsys, argv, expected):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["compare", "--num-data", "0"])
+        cli.main(argv)
     assert exit_info.value.code == 2
-    assert "positive" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["compare", "--model", "nonexistent"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pyro-lvmle: error:")
+    assert expected in err and "_positive" not in err
 
 
 def test_help_runs_as_a_module():

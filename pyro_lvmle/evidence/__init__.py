@@ -1,11 +1,16 @@
 """Evidence estimators: how good is a fitted model? Log normalizing constants (marginal
 likelihoods, partition functions) with their standard errors, by annealed importance
 sampling along any path of targets (:func:`annealed_importance_sampling`), reported as one
-:class:`Estimate` type.
+:class:`Estimate` type; :func:`log_marginal` for any Pyro model (exact, importance sampling,
+AIS, bidirectional Monte Carlo).
 """
 
 from .ais import AISResult, annealed_importance_sampling, check_betas
 from .estimate import Estimate, log_mean_exp
+from .importance import importance_log_marginal, psis_k_hat
+from .log_marginal import log_marginal, sigmoid_betas
+from .tuning import PilotResult, pilot_step_sizes
 
-__all__ = ["AISResult", "Estimate", "annealed_importance_sampling", "check_betas",
-           "log_mean_exp"]
+__all__ = ["AISResult", "Estimate", "PilotResult", "annealed_importance_sampling", "check_betas",
+           "importance_log_marginal", "log_marginal", "log_mean_exp", "pilot_step_sizes",
+           "psis_k_hat", "sigmoid_betas"]

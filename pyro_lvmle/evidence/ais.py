@@ -79,6 +79,7 @@ def check_betas(where: str, betas) -> torch.Tensor:
 
 def annealed_importance_sampling(path, initial_position: torch.Tensor, betas, sampler, *,
                                  num_transitions: int = 1, step_sizes=None,
+                                 inverse_masses=None,
                                  like: ChainState | None = None) -> AISResult:
     r"""Run ``C`` annealed importance sampling chains along ``path`` at ``betas``.
 
@@ -92,6 +93,8 @@ def annealed_importance_sampling(path, initial_position: torch.Tensor, betas, sa
     :param int num_transitions: transitions at each intermediate target.
     :param step_sizes: optional step size per beta ``(K + 1,)``, set on the chains before
         their transitions at that beta.
+    :param inverse_masses: optional diagonal inverse mass per beta ``(K + 1, D)``, set
+        likewise (e.g. the spread of a pilot run's chains at each beta).
     :param ChainState like: an earlier state of these chains whose step size and mass to use.
     :raises ValueError: if ``sampler`` adapts in its steps, or a log density ratio is
         ``nan`` (the message names the beta).
@@ -131,6 +134,12 @@ def annealed_importance_sampling(path, initial_position: torch.Tensor, betas, sa
         if step_sizes.shape != betas.shape or not (step_sizes > 0).all():
             raise ValueError(f"{where}: step_sizes must hold one positive value per beta "
                              f"({betas.numel()}), got shape {tuple(step_sizes.shape)}")
+    if inverse_masses is not None:
+        inverse_masses = torch.as_tensor(inverse_masses).to(initial_position)
+        if inverse_masses.shape != betas.shape + initial_position.shape[-1:] \
+                or not (inverse_masses > 0).all():
+            raise ValueError(f"{where}: inverse_masses must hold one positive row (D,) per "
+                             f"beta, got shape {tuple(inverse_masses.shape)}")
     state = sampler.init(initial_position.detach(), path(betas[0]), like=like)
     log_weights = torch.zeros_like(state.potential_energy)
     accept = []
@@ -149,6 +158,8 @@ def annealed_importance_sampling(path, initial_position: torch.Tensor, betas, sa
             break
         if step_sizes is not None:
             state = state._replace(step_size=step_sizes[k].expand_as(state.step_size))
+        if inverse_masses is not None:
+            state = state._replace(inverse_mass=inverse_masses[k].expand_as(state.inverse_mass))
         total = 0.0
         for _ in range(num_transitions):
             state, info = sampler.step(state, path(betas[k]))

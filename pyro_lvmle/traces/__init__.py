@@ -16,6 +16,7 @@ from .particles import (
 )
 from .potential import CHAIN_PLATE, LatentSite, Potential
 from .prior_guide import PriorGuide
+from .simulate import conditioned, simulate
 
 __all__ = [
     "CHAIN_PLATE",
@@ -28,6 +29,8 @@ __all__ = [
     "ParticleTerms",
     "PriorGuide",
     "check_programs",
+    "conditioned",
     "guess_max_plate_nesting",
     "particle_terms",
+    "simulate",
 ]

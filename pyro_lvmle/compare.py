@@ -1,0 +1,378 @@
+r"""The comparison harness: several estimators on one model and data, one budget, one start.
+
+Each method, a loss run through :class:`pyro.infer.SVI` or a driver, starts from the same
+parameter values and random seed and runs until the budget (wall seconds spent in its own
+steps, or a number of steps) is spent. Every ``eval_every`` steps, outside the timed part,
+an evaluation of the fit, usually an estimate of :math:`\log p(x; \theta)`, is recorded
+with the parameters, so that the methods can be compared on the quantity they all estimate
+the gradient of, against wall time and against steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import ELBO, SVI
+
+from ._checks import check_int, check_positive
+from .em.driver import Driver
+from .evidence import log_marginal
+from .gradients import MCMCGradient, empty_guide
+from .traces.params import program_params
+
+__all__ = ["Comparison", "compare"]
+
+#: the parameters recorded for traces: those with at most this many elements
+MAX_RECORDED = 100
+
+
+class Comparison:
+    """The record of a :func:`compare` run: per method, the evaluation and the parameters at
+    each evaluated step, with the wall seconds spent in the method's steps so far.
+
+    :param dict records: method name to a list of ``{"step", "seconds", "value", "params"}``.
+    :param dict errors: method name to the error message of a method that failed.
+    :param dict info: settings of the run (budget, evaluation, seed), saved with it.
+
+    Example::
+
+        >>> comparison = Comparison({"a": [{"step": 0, "seconds": 0.0, "value": -3.0,
+        ...                                  "params": {}},
+        ...                                 {"step": 5, "seconds": 0.1, "value": -1.0,
+        ...                                  "params": {}}]})
+        >>> comparison.table()[0]["final"]
+        -1.0
+    """
+
+    def __init__(self, records: dict, errors: dict | None = None, info: dict | None = None):
+        self.records = {name: list(rows) for name, rows in records.items()}
+        self.errors = dict(errors or {})
+        self.info = dict(info or {})
+
+    def __repr__(self) -> str:
+        return f"Comparison({list(self.records)}, failed={list(self.errors)})"
+
+    @property
+    def best(self) -> float:
+        """The best evaluation any method reached (``nan`` if none)."""
+        values = [r["value"] for rows in self.records.values() for r in rows
+                  if math.isfinite(r["value"])]
+        return max(values) if values else math.nan
+
+    def table(self, tolerance: float = 0.1) -> list[dict]:
+        """One row per method: ``method``, ``steps``, ``seconds`` (timed), ``final`` and
+        ``best`` evaluation, and ``time_to_best``: the wall seconds after which its
+        evaluation first came within ``tolerance`` of the best of all methods (``nan`` if
+        never); failed methods have ``error``. Rows are sorted by final value, best first.
+
+        :param float tolerance: in the evaluation's units (nats for log-likelihoods).
+        """
+        check_positive("Comparison.table", "tolerance", tolerance, allow_zero=True)
+        best = self.best
+        rows = []
+        for name, records in self.records.items():
+            values = [r["value"] for r in records]
+            finite = [v for v in values if math.isfinite(v)]
+            reached = [r["seconds"] for r in records
+                       if math.isfinite(r["value"]) and r["value"] >= best - tolerance]
+            rows.append({"method": name, "steps": records[-1]["step"],
+                         "seconds": records[-1]["seconds"], "final": values[-1],
+                         "best": max(finite) if finite else math.nan,
+                         "time_to_best": reached[0] if reached else math.nan, "error": ""})
+        rows.sort(key=lambda r: -r["final"] if math.isfinite(r["final"]) else math.inf)
+        for name, message in self.errors.items():
+            rows.append({"method": name, "steps": 0, "seconds": math.nan, "final": math.nan,
+                         "best": math.nan, "time_to_best": math.nan, "error": message})
+        return rows
+
+    def format(self, tolerance: float = 0.1) -> str:
+        """:meth:`table` as aligned text.
+
+        :param float tolerance: as for :meth:`table`.
+        """
+        width = max([len("method")] + [len(r["method"]) for r in self.table(tolerance)])
+        header = (f"{'method':<{width}} {'final':>12} {'best':>12} {'steps':>6} "
+                  f"{'seconds':>8} {'to best':>8}")
+        lines = [header, "-" * len(header)]
+        for r in self.table(tolerance):
+            if r["error"]:
+                lines.append(f"{r['method']:<{width}} failed: {r['error']}")
+                continue
+            lines.append(f"{r['method']:<{width}} {r['final']:>12.4f} {r['best']:>12.4f} "
+                         f"{r['steps']:>6d} {r['seconds']:>8.2f} {r['time_to_best']:>8.2f}")
+        return "\n".join(lines)
+
+    def plot(self, *, params: bool = True):
+        """The evaluation against wall time and against steps, and the parameter traces (up
+        to 4 coordinates per method) against steps.
+
+        :param bool params: draw the parameter panel.
+        :returns: the matplotlib figure.
+        """
+        import matplotlib.pyplot as plt
+
+        panels = 3 if params else 2
+        fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8), squeeze=False)
+        axes = axes[0]
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (name, rows) in enumerate(self.records.items()):
+            color = colors[i % len(colors)]
+            steps = [r["step"] for r in rows]
+            values = [r["value"] for r in rows]
+            axes[0].plot([r["seconds"] for r in rows], values, color=color, label=name)
+            axes[1].plot(steps, values, color=color, label=name)
+            if params:
+                coords = [(p, j) for p in sorted(rows[0]["params"])
+                          for j in range(len(rows[0]["params"][p]))][:4]
+                for k, (p, j) in enumerate(coords):
+                    axes[2].plot(steps, [r["params"][p][j] for r in rows], color=color,
+                                 linestyle=("-", "--", ":", "-.")[k], linewidth=1)
+        finals = [rows[-1]["value"] for rows in self.records.values()
+                  if math.isfinite(rows[-1]["value"])]
+        if finals and math.isfinite(self.best):
+            # the interesting range: where the methods end, not where they all start
+            margin = max(5.0, 3.0 * (self.best - min(finals)))
+            for ax in axes[:2]:
+                ax.set_ylim(self.best - margin, self.best + 0.1 * margin)
+        label = self.info.get("evaluation", "evaluation")
+        axes[0].set(xlabel="wall seconds in the method's steps", ylabel=label)
+        axes[1].set(xlabel="step", ylabel=label)
+        if params:
+            axes[2].set(xlabel="step", ylabel="parameters (first 4 coordinates)")
+        axes[0].legend(fontsize="small")
+        fig.tight_layout()
+        return fig
+
+    def to_dict(self) -> dict:
+        """Everything, as plain JSON-ready data."""
+        return {"records": self.records, "errors": self.errors, "info": self.info}
+
+    def save(self, directory) -> dict[str, Path]:
+        """Write ``comparison.csv`` (the table), ``evaluations.csv`` (every evaluation),
+        ``comparison.json`` (everything, for :meth:`load`) and ``comparison.png``
+        (:meth:`plot`) into ``directory`` (created if missing).
+
+        :param directory: a path.
+        :returns: the paths written, by kind.
+        """
+        import matplotlib.pyplot as plt
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {"table": directory / "comparison.csv",
+                 "evaluations": directory / "evaluations.csv",
+                 "json": directory / "comparison.json", "png": directory / "comparison.png"}
+        rows = self.table()
+        with open(paths["table"], "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["method"])
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(paths["evaluations"], "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["method", "step", "seconds", "value"])
+            for name, records in self.records.items():
+                writer.writerows([name, r["step"], r["seconds"], r["value"]] for r in records)
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=1))
+        fig = self.plot()
+        fig.savefig(paths["png"], dpi=100)
+        plt.close(fig)
+        return paths
+
+    @classmethod
+    def load(cls, directory) -> Comparison:
+        """The comparison :meth:`save` wrote into ``directory``.
+
+        :param directory: a path.
+        """
+        data = json.loads((Path(directory) / "comparison.json").read_text())
+        return cls(data["records"], data.get("errors"), data.get("info"))
+
+
+def _budget(budget) -> tuple[float, int]:
+    """``(seconds, steps)`` limits, either infinite."""
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        return check_positive("compare", "budget", budget), math.inf
+    if isinstance(budget, dict) and budget and set(budget) <= {"seconds", "steps"}:
+        seconds = check_positive("compare", "budget['seconds']",
+                                 budget["seconds"]) if "seconds" in budget else math.inf
+        steps = check_int("compare", "budget['steps']", budget["steps"], 1) \
+            if "steps" in budget else math.inf
+        return seconds, steps
+    raise ValueError(f"compare: budget must be wall seconds (a number) or a dict with "
+                     f"'seconds' and/or 'steps', got {budget!r}")
+
+
+def _evaluator(evaluate, model, args, kwargs):
+    """``evaluate`` as a function of nothing; it leaves the random number generators alone
+    (a method's run does not depend on how often it is evaluated)."""
+    inner = _inner_evaluator(evaluate, model, args, kwargs)
+
+    def evaluation():
+        with torch.random.fork_rng():
+            return inner()
+
+    return evaluation
+
+
+def _inner_evaluator(evaluate, model, args, kwargs):
+    if isinstance(evaluate, str) and evaluate == "exact":
+        return lambda: float(log_marginal(model, *args, **kwargs).value.detach())
+    if isinstance(evaluate, dict):
+        settings = dict(evaluate)
+        return lambda: float(log_marginal(model, *args, **settings, **kwargs).value.detach())
+    if callable(evaluate):
+        return lambda: float(evaluate(*args, **kwargs))
+    raise TypeError(f"compare: evaluate must be 'exact', a dict of log_marginal settings "
+                    f"(e.g. {{'method': 'is', 'num_samples': 1000}}) or a callable "
+                    f"evaluate(*args, **kwargs) -> float, got {evaluate!r}")
+
+
+def _fresh(guide):
+    """A copy of a guide with its own parameters and state (an autoguide's ``__getstate__``
+    drops its reference to the model, from the original too: it is put back in both)."""
+    model_ref = getattr(guide, "_model", None)
+    copied = copy.deepcopy(guide)
+    if isinstance(model_ref, tuple):
+        guide._model = copied._model = model_ref
+    return copied
+
+
+def _stepper(method, model, guide, optim):
+    """``step(*args, **kwargs)`` for one method: a driver as it is; a loss with its own copy
+    of the loss (chains of :class:`~pyro_lvmle.MCMCGradient` included), of the guide and of
+    the optimizer."""
+    if isinstance(method, Driver):
+        return method.step
+    loss, own_guide = method if isinstance(method, tuple) else (method, None)
+    if not isinstance(loss, ELBO) and not hasattr(loss, "loss_and_grads"):
+        raise TypeError(f"a method must be a pyro.infer.ELBO (a loss), a (loss, guide) pair "
+                        f"or a driver such as lv.MCEM, got {type(loss).__name__}")
+    if own_guide is None:
+        own_guide = empty_guide if isinstance(loss, MCMCGradient) else guide
+    if own_guide is None:
+        raise ValueError("compare: a loss needs a guide: pass guide=..., or the method as a "
+                         "(loss, guide) pair")
+    svi = SVI(model, _fresh(own_guide), copy.deepcopy(optim), loss=copy.deepcopy(loss))
+    return svi.step
+
+
+def _warm_up():
+    """Pay the process's one-time costs before any timed step: torch's first optimizer step
+    imports its compiler stack (about 2.5 s), which would otherwise be charged to whichever
+    method runs first."""
+    leaf = torch.zeros(1, requires_grad=True)
+    leaf.grad = torch.zeros(1)
+    torch.optim.Adam([leaf]).step()
+
+
+def _constrained_params(names):
+    store = pyro.get_param_store()
+    return {name: store[name].detach().reshape(-1).tolist() for name in names
+            if name in store and store[name].numel() <= MAX_RECORDED}
+
+
+def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_every: int = 10,
+            guide=None, optim=None, seed: int = 0, **kwargs) -> Comparison:
+    r"""Run several estimators on one model and data under one budget from the same start.
+
+    Every method runs from the parameter values in Pyro's param store when ``compare`` is
+    called (those the model creates at their initial values otherwise) and from the random
+    seed ``seed``. Its steps, and only they, are timed; evaluations happen at step 0, every
+    ``eval_every`` steps and at the end. A method that raises is recorded as failed (its
+    message in the table) and the others still run. An interruption (``KeyboardInterrupt``)
+    ends the comparison with what was recorded (``info["interrupted"]`` names the method).
+    Afterwards the param store holds the starting values again.
+
+    .. math::
+
+        \text{value}_m(t) = \widehat{\log p}(x; \theta_m(t)),
+        \qquad t = \text{seconds spent in method } m\text{'s steps}.
+
+    :param dict methods: name to a loss (``pyro.infer.ELBO`` instance, run through
+        :class:`~pyro.infer.SVI` with ``guide`` and ``optim``; :class:`~pyro_lvmle.MCMCGradient`
+        gets :func:`~pyro_lvmle.empty_guide`), a ``(loss, guide)`` pair, or a driver
+        (:class:`~pyro_lvmle.MCEM`, :class:`~pyro_lvmle.SAEM`, ...). Losses and guides are
+        copied per method; drivers run as given (pass fresh ones).
+    :param model: the Pyro model.
+    :param args: its arguments (the data).
+    :param evaluate: ``"exact"`` (:func:`~pyro_lvmle.log_marginal`'s exact method: a
+        reference model's closed form or enumeration), a dict of
+        :func:`~pyro_lvmle.log_marginal` settings (``{"method": "is", "num_samples": 1000}``),
+        or a callable ``evaluate(*args, **kwargs) -> float`` reading the param store.
+    :param budget: wall seconds per method, or ``{"seconds": s}`` and/or ``{"steps": n}``.
+    :param int eval_every: steps between evaluations.
+    :param guide: the guide for the losses (copied per method).
+    :param optim: the ``pyro.optim`` optimizer for the losses (copied per method);
+        ``Adam(lr=0.05)`` if ``None``.
+    :param int seed: the random seed every method starts from.
+    :param kwargs: the model's keyword arguments.
+    :returns: a :class:`Comparison`.
+
+    Example::
+
+        >>> import pyro, torch, pyro_lvmle as lv
+        >>> model = lv.models.LinearGaussian(dim=2)
+        >>> data = model.simulate(50, params={"w": torch.tensor([1.0, -1.0])})
+        >>> comparison = lv.compare(
+        ...     {"IWAE": lv.TraceIWAE_ELBO(8), "MCEM": lv.MCEM(model, num_samples=10,
+        ...                                                           warmup_steps=20, auto=False)},
+        ...     model, data, guide=lv.PriorGuide(model), budget={"steps": 4}, eval_every=2)
+        >>> [row["steps"] for row in comparison.table()]
+        [4, 4]
+    """
+    if not isinstance(methods, dict) or not methods:
+        raise TypeError(f"compare: methods must be a non-empty dict of name -> loss or "
+                        f"driver, got {methods!r}")
+    max_seconds, max_steps = _budget(budget)
+    eval_every = check_int("compare", "eval_every", eval_every, 1)
+    seed = check_int("compare", "seed", seed, 0, 2**32 - 1)
+    optim = pyro.optim.Adam({"lr": 0.05}) if optim is None else optim
+    evaluation = _evaluator(evaluate, model, args, kwargs)
+    names = list(program_params(model, *args, **kwargs))  # creates them at their start
+    _warm_up()
+    start = copy.deepcopy(pyro.get_param_store().get_state())
+    records, errors, interrupted = {}, {}, None
+    for name, method in methods.items():
+        pyro.get_param_store().set_state(copy.deepcopy(start))
+        pyro.set_rng_seed(seed)
+        rows, elapsed, step = [], 0.0, 0
+        try:
+            run = _stepper(method, model, guide, optim)
+            rows.append({"step": 0, "seconds": 0.0, "value": evaluation(),
+                         "params": _constrained_params(names)})
+            while elapsed < max_seconds and step < max_steps:
+                tic = time.perf_counter()
+                run(*args, **kwargs)
+                elapsed += time.perf_counter() - tic
+                step += 1
+                if step % eval_every == 0 or elapsed >= max_seconds or step >= max_steps:
+                    rows.append({"step": step, "seconds": elapsed, "value": evaluation(),
+                                 "params": _constrained_params(names)})
+        except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
+            errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            continue
+        except KeyboardInterrupt:  # keep what was recorded; the other methods do not run
+            if rows:
+                records[name] = rows
+            interrupted = name
+            break
+        records[name] = rows
+    pyro.get_param_store().set_state(start)
+    info = {"budget": budget, "eval_every": eval_every, "seed": seed, "interrupted": interrupted,
+            "evaluation": evaluate if isinstance(evaluate, str) else
+            "log p(x)" if isinstance(evaluate, dict) else getattr(evaluate, "__name__",
+                                                                   "evaluation")}
+    if isinstance(evaluate, dict):
+        info["evaluation_settings"] = {k: v for k, v in evaluate.items()
+                                       if isinstance(v, (int, float, str))}
+    if isinstance(evaluate, str):
+        info["evaluation"] = "log p(x)"
+    return Comparison(records, errors, info)
