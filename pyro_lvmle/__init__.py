@@ -9,8 +9,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import evidence, models
 from .em import MCEM, SAEM, ExactEM, History, VariationalEM
-from .evidence import Estimate
+from .evidence import Estimate, log_partition
 from .gradients import (
+    ContrastiveDivergence,
     MCMCGradient,
     ObservedInformation,
     empty_guide,
@@ -27,7 +28,7 @@ from .objectives import (
     TraceTVO_ELBO,
     check_gradient,
 )
-from .traces import PriorGuide
+from .traces import PriorGuide, check_model
 
 try:
     __version__ = version("pyro-lvmle")
@@ -35,6 +36,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "ContrastiveDivergence",
     "Estimate",
     "ExactEM",
     "GradientCheck",
@@ -53,8 +55,10 @@ __all__ = [
     "VariationalEM",
     "__version__",
     "check_gradient",
+    "check_model",
     "empty_guide",
     "evidence",
+    "log_partition",
     "models",
     "observed_information",
     "standard_errors",

@@ -191,7 +191,7 @@ class ContrastiveDivergence(ELBO):
                 "nor left to the chains (their positive phase needs posterior draws given the "
                 "data); mark them infer={'enumerate': 'parallel'} or sum them into the "
                 "pyro.factor (as RBM does with its hidden units)")
-        if key is not None and not potential.subsample_indices:
+        if key is not None and not potential.batched_plates:
             self._potentials = {key: potential}  # one data shape at a time
         return potential
 
