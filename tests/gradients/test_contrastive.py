@@ -208,3 +208,27 @@ def test_digits_rbm_reaches_the_issue_log_likelihood(persistent):
     baseline = float(dist.Bernoulli(rates).log_prob(data).sum(-1).mean())
     assert baseline == pytest.approx(-25.1, abs=0.05)
     assert average > -18.3, average
+
+
+class _PositiveOnly(lv.ContrastiveDivergence):
+    """The planted control: the negative phase dropped (what an ELBO would do)."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        potential, positions, _ = self.draw(model, args, kwargs)
+        return -potential.log_joint(positions[:1])[0]
+
+
+@pytest.mark.integration
+def test_pcd_with_langevin_recovers_a_2d_gaussian_mixture():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[2] / "examples" / "ebm_2d.py"
+    spec = importlib.util.spec_from_file_location("ebm_2d", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    kl = example.train(num_steps=400)[-1][1]
+    assert kl < 0.06, kl
+    pyro.clear_param_store()
+    control = example.train(num_steps=100, loss=_PositiveOnly(persistent=True))[-1][1]
+    assert control > 0.3, control
