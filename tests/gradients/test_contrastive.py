@@ -10,7 +10,7 @@ import torch
 from torch.distributions import constraints
 
 import pyro_lvmle as lv
-from pyro_lvmle.samplers import BlockGibbs, make_sampler
+from pyro_lvmle.samplers import BlockGibbs
 
 
 def _rbm_setup(num_data=30):
