@@ -96,7 +96,7 @@ def log_partition(model, *args, method: str = "exact", base=None, num_chains: in
     Example::
 
         >>> import torch, pyro_lvmle as lv
-        >>> rbm = lv.models.RBM(num_visible=5, num_hidden=3)
+        >>> rbm = lv.models.RBM(num_visible=5, num_hidden=3, prefix="partition_")
         >>> data = rbm.simulate(20)
         >>> exact = lv.log_partition(rbm.model, data[:1])
         >>> bool(torch.isclose(exact.value, rbm.log_partition()))
@@ -230,7 +230,7 @@ class GeometricPath:
 
         >>> import torch, pyro.distributions as dist, pyro_lvmle as lv
         >>> from pyro_lvmle.traces import Potential
-        >>> rbm = lv.models.RBM(num_visible=3, num_hidden=2)
+        >>> rbm = lv.models.RBM(num_visible=3, num_hidden=2, prefix="path_")
         >>> potential = Potential(rbm.model, (rbm.simulate(1),), uncondition=True)
         >>> path = GeometricPath(potential, {"v": dist.Bernoulli(0.5 * torch.ones(1, 3))})
         >>> q = path.sample_base(4)
