@@ -155,6 +155,13 @@ def _keyword(fn, kwargs, name, default):
 
 
 
+def _no_continuous_step(name, state, target, **kwargs):
+    """The continuous step of the all-discrete samplers: refuses a continuous coordinate."""
+    raise ValueError(f"kernel {name!r} moves discrete coordinates only, and the target has "
+                     "continuous ones; use 'hmc' or 'mala' (with discrete_step='mwg' or 'gwg' "
+                     "for the discrete ones)")
+
+
 #: the batched samplers by name, as :class:`~pyro_lvmle.MCMCGradient` accepts them
 BATCHED_STEPS = {"hmc": hmc_step, "mala": mala_step, "ula": ula_step}
 #: the discrete steps by name
@@ -220,8 +227,9 @@ def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size:
             return PyroKernel(NUTS(model, max_plate_nesting=max_plate_nesting,
                                    target_accept_prob=target_accept or 0.8))
         if kernel in DISCRETE_KERNELS:  # mixed_step runs only the discrete step on them
-            return BatchedKernel(hmc_step, **{**options, "adapt_step_size": False,
-                                              "discrete_step": DISCRETE_KERNELS[kernel]})
+            return BatchedKernel(partial(_no_continuous_step, kernel),
+                                 **{**options, "adapt_step_size": False,
+                                    "discrete_step": DISCRETE_KERNELS[kernel]})
         if kernel not in BATCHED_STEPS:
             raise ValueError(f"unknown kernel {kernel!r}; use 'nuts', 'gibbs', 'gwg', "
                              f"{', '.join(repr(k) for k in BATCHED_STEPS)}, a Pyro HMC/NUTS "

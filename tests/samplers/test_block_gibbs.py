@@ -71,3 +71,12 @@ def test_refuses_tempered_targets_and_bad_conditionals():
         BlockGibbs(None, rbm.visible_conditional)
     with pytest.raises(ValueError, match="positions must be"):
         sampler.init(torch.zeros(2, target.dim + 1), target)
+
+
+def test_discrete_only_samplers_refuse_continuous_coordinates():
+    model = lv.models.LinearGaussian()
+    target = Potential(model, (model.simulate(3),))
+    sampler = make_sampler("gibbs")
+    state = sampler.init(torch.zeros(2, target.dim), target)
+    with pytest.raises(ValueError, match="discrete coordinates only"):
+        sampler.step(state, target)
