@@ -95,7 +95,8 @@ def main(num_steps=400, quick=False, out="."):
     fig, axes = plt.subplots(1, 2, figsize=(8, 4))
     for ax, values, title in ((axes[0], target().log_prob(xy), "target"),
                               (axes[1], log_density(xy, theta), "PCD + Langevin")):
-        ax.imshow(values.exp().reshape(120, 120).T, origin="lower", extent=(-4, 4, -4, 4))
+        ax.imshow(values.exp().reshape(120, 120).T.numpy(), origin="lower",
+                  extent=(-4, 4, -4, 4))
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(pathlib.Path(out) / "ebm_2d.png", dpi=120)

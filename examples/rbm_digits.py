@@ -111,7 +111,7 @@ def main(epochs=300, quick=False, out="."):
     fig, axes = plt.subplots(len(samples), 16, figsize=(12, 0.9 * len(samples)))
     for row, (name, images) in zip(axes, samples.items(), strict=True):
         for ax, image in zip(row, images, strict=True):
-            ax.imshow(image, cmap="gray_r")
+            ax.imshow(image.numpy(), cmap="gray_r")
             ax.axis("off")
         row[0].set_title(name, fontsize=7, loc="left")
     fig.savefig(out / "rbm_digits_samples.png", dpi=120)
