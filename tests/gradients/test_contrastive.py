@@ -232,3 +232,37 @@ def test_pcd_with_langevin_recovers_a_2d_gaussian_mixture():
     pyro.clear_param_store()
     control = example.train(num_steps=100, loss=_PositiveOnly(persistent=True))[-1][1]
     assert control > 0.3, control
+
+
+def test_hidden_units_written_as_sites_are_summed_out():
+    """The RBM with its hidden units as Bernoulli sites: Pyro enumerates them, and the CD
+    gradient matches the exact one (the prior's 2^-H per datum does not depend on theta)."""
+    torch.manual_seed(0)
+    truth = lv.models.RBM(3, 2, init_params={"weights": 2 * torch.randn(3, 2)})
+    data = truth.simulate(4)
+
+    def model(data):
+        w = pyro.param("weights", torch.randn(3, 2))
+        b = pyro.param("visible_bias", torch.zeros(3))
+        c = pyro.param("hidden_bias", torch.zeros(2))
+        cube = dist.ImproperUniform(constraints.boolean, (), (3,))
+        with pyro.plate("data", len(data), dim=-2):
+            v = pyro.sample("v", cube, obs=data.unsqueeze(-2))
+            pyro.factor("visible", v @ b)
+            with pyro.plate("hidden", 2, dim=-1):
+                h = pyro.sample("h", dist.Bernoulli(0.5))
+                pyro.factor("coupling", h * ((v @ w).squeeze(-2) + c))
+
+    model(data)
+    exact = _store_grad(-lv.models.RBM(3, 2).log_marginal(data))
+
+    def hidden(v):
+        return dist.Bernoulli(logits=v @ pyro.param("weights") + pyro.param("hidden_bias"))
+
+    def visible(h):
+        return dist.Bernoulli(logits=h @ pyro.param("weights").T + pyro.param("visible_bias"))
+
+    loss = lv.ContrastiveDivergence(num_steps=20, num_chains=20,
+                                    sampler=BlockGibbs(hidden, visible))
+    assert _z_scores(_cd_draws(loss, model, data, 30), exact).max() < 4
+    assert loss.potential(model, (data,)).enumerated == ("h",)
