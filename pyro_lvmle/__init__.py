@@ -10,8 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 from . import evidence, models, parallel
 from .compare import Comparison, compare
 from .em import MCEM, SAEM, ExactEM, History, VariationalEM
-from .evidence import Estimate, log_marginal
+from .evidence import Estimate, log_marginal, log_partition
 from .gradients import (
+    ContrastiveDivergence,
     MCMCGradient,
     ObservedInformation,
     empty_guide,
@@ -28,7 +29,7 @@ from .objectives import (
     TraceTVO_ELBO,
     check_gradient,
 )
-from .traces import PriorGuide
+from .traces import PriorGuide, check_model
 
 try:
     __version__ = version("pyro-lvmle")
@@ -37,6 +38,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "Comparison",
+    "ContrastiveDivergence",
     "Estimate",
     "ExactEM",
     "GradientCheck",
@@ -55,10 +57,12 @@ __all__ = [
     "VariationalEM",
     "__version__",
     "check_gradient",
+    "check_model",
     "compare",
     "empty_guide",
     "evidence",
     "log_marginal",
+    "log_partition",
     "models",
     "observed_information",
     "parallel",

@@ -25,9 +25,10 @@ from pyro.infer.autoguide import AutoNormal
 from . import __version__
 from .compare import compare
 from .em import MCEM, SAEM, ExactEM, VariationalEM
-from .gradients import MCMCGradient, empty_guide
+from .gradients import ContrastiveDivergence, MCMCGradient, empty_guide
 from .models import PPCA, RBM, GaussianMixture, LinearGaussian, Theophylline
 from .objectives import TraceIWAE_ELBO, TraceSTL_ELBO
+from .samplers import BlockGibbs
 
 __all__ = ["main"]
 
@@ -106,15 +107,13 @@ def _methods(name, model, lr):
         return {"elbo": ("TraceEnum_ELBO (Pyro), labels summed out",
                          (TraceEnum_ELBO(max_plate_nesting=1), empty_guide)),
                 "exact-em": ("exact EM", ExactEM(model, record_params=False))}, None, enumerated
-    if name == "rbm":
-        from . import gradients
-
-        cd = getattr(gradients, "ContrastiveDivergence", None)
-        if cd is None:
-            raise SystemExit("pyro-lvmle: error: the rbm model needs lv.ContrastiveDivergence, "
-                             "which this version of the package does not have")
-        return {"cd": ("CD-1", cd(num_steps=1)),
-                "pcd": ("PCD-1", cd(num_steps=1, persistent=True))}, empty_guide, model
+    if name == "rbm":  # undirected: the positive/negative-phase gradient, chains by block Gibbs
+        gibbs = BlockGibbs(model.hidden_conditional, model.visible_conditional)
+        return {"cd": ("CD-1, block Gibbs", ContrastiveDivergence(1, sampler=gibbs)),
+                "pcd": ("PCD-1, block Gibbs", ContrastiveDivergence(1, persistent=True,
+                                                                  num_chains=4,
+                                                                  sampler=gibbs))
+                }, empty_guide, model
     return _continuous_methods(model, lr), AutoNormal(model), model
 
 

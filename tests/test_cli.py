@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import pyro_lvmle
-from pyro_lvmle import cli, gradients
+from pyro_lvmle import cli
 
 TINY = ["--budget", "0.05", "--max-steps", "2", "--eval-every", "1", "--num-data", "20"]
 
@@ -49,11 +49,10 @@ def test_gmm_uses_enumeration_and_exact_em(capsys, tmp_path):
     assert "no method" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(hasattr(gradients, "ContrastiveDivergence"),
-                    reason="the RBM runs once contrastive divergence exists")
-def test_rbm_without_contrastive_divergence_is_one_line():
-    with pytest.raises(SystemExit, match="ContrastiveDivergence"):
-        cli.main(["--model", "rbm", *TINY])
+def test_rbm_runs_contrastive_divergence(capsys, tmp_path):
+    assert cli.main(["--model", "rbm", *TINY, "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "CD-1, block Gibbs" in out and "PCD-1, block Gibbs" in out and "failed" not in out
 
 
 @pytest.mark.parametrize("argv,expected", [

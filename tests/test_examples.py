@@ -13,6 +13,8 @@ EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
     ("vae_digits", "IWAE K=50, DReG"),
     ("seed000_gradient", "Fisher, batched HMC"),
     ("theophylline", "| CV ka % |"),
+    ("rbm_digits", "final exact average log-likelihood"),
+    ("ebm_2d", "KL(target || model)"),
 ])
 def test_example_runs(name, expected, capsys, tmp_path):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")

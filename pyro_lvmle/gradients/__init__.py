@@ -1,11 +1,15 @@
 """Gradient estimators that are not bounds: :class:`MCMCGradient` (Fisher's identity, with
-persistent Markov chains) and standard errors at the MLE by Louis' identity.
+persistent Markov chains), :class:`ContrastiveDivergence` (the positive-minus-negative-phase
+gradient of undirected models, CD-k and PCD) and standard errors at the MLE by Louis'
+identity.
 """
 
+from .contrastive import ContrastiveDivergence
 from .fisher import MCMCGradient, empty_guide
 from .information import ObservedInformation, observed_information, standard_errors
 
 __all__ = [
+    "ContrastiveDivergence",
     "MCMCGradient",
     "ObservedInformation",
     "empty_guide",

@@ -32,7 +32,7 @@ from pyro.infer import ELBO
 
 from .._checks import check_int
 from ..samplers import ChainStore, chain_diagnostics, make_sampler
-from ..traces import Potential
+from ..traces import Potential, check_normalized
 from ..traces.params import accumulate_grads, call_with_params
 from ..traces.particles import guess_max_plate_nesting
 
@@ -174,6 +174,8 @@ class MCMCGradient(ELBO):
         if self._model is not None and model != self._model:  # bound methods: ==
             raise ValueError("MCMCGradient: these chains belong to another model; use one "
                              "MCMCGradient per model")
+        if self._model is None:  # an undirected model's posterior gradient would be wrong
+            check_normalized(model, args, kwargs, where="MCMCGradient")
         self._model = model
         if self.max_plate_nesting is None:
             self.max_plate_nesting = guess_max_plate_nesting(model, empty_guide, args, kwargs)

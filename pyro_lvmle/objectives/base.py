@@ -16,7 +16,7 @@ import torch
 from pyro.infer import ELBO
 
 from .._checks import check_int
-from ..traces import check_programs, guess_max_plate_nesting, particle_terms
+from ..traces import check_normalized, check_programs, guess_max_plate_nesting, particle_terms
 from ..traces.params import accumulate_grads, call_with_params
 
 __all__ = [
@@ -60,11 +60,15 @@ class ParticleObjective(ELBO):
                          vectorize_particles=False, retain_graph=retain_graph)
         self.nonfinite = nonfinite
         self._checked = None  # the last model/guide pair checked, see _terms
+        self._normalized_model = None  # the last model found normalized, see _terms
         self.diagnostics = {"skipped_steps": 0, "skipped_params": {}}
 
     def _terms(self, model, guide, args, kwargs, **options):
         # with validation on, each new model/guide pair is checked once as Pyro's Trace_ELBO
         # checks it (unvectorized); the plate nesting is guessed on the same run
+        if self._normalized_model != model:  # an undirected model: the ELBO would be wrong
+            check_normalized(model, args, kwargs, where=type(self).__name__)
+            self._normalized_model = model
         validate = pyro.infer.util.is_validation_enabled() and self._checked != (model, guide)
         if validate:
             nesting = check_programs(model, guide, args, kwargs, self.max_plate_nesting)

@@ -2,7 +2,8 @@
 :class:`ChainState` for every sampler); batched HMC, MALA and ULA as pure ``init``/``step``
 functions with their warm-up (dual averaging, diagonal mass); discrete steps
 (Metropolis-within-Gibbs, Gibbs-with-gradients) and their composite with a gradient step
-(:func:`mixed_step`); :class:`BatchedKernel` (a step function as a sampler), Pyro's own
+(:func:`mixed_step`); block Gibbs from a model's conditionals (:class:`BlockGibbs`);
+:class:`BatchedKernel` (a step function as a sampler), Pyro's own
 NUTS/HMC behind the same protocol (:class:`PyroKernel`), :func:`make_sampler`, and the
 per-datum store of persistent chains (:class:`ChainStore`).
 """
@@ -16,6 +17,7 @@ from .base import (
     chain_diagnostics,
     stack_info,
 )
+from .block_gibbs import BlockGibbs
 from .discrete import (
     DiscreteBlock,
     gibbs_with_gradients_step,
@@ -40,6 +42,7 @@ from .warmup import WarmupResult, warmup, warmup_windows
 __all__ = [
     "BATCHED_STEPS",
     "BatchedKernel",
+    "BlockGibbs",
     "ChainState",
     "ChainStore",
     "DiscreteBlock",

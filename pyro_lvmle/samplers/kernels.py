@@ -155,10 +155,19 @@ def _keyword(fn, kwargs, name, default):
 
 
 
+def _no_continuous_step(name, state, target, **kwargs):
+    """The continuous step of the all-discrete samplers: refuses a continuous coordinate."""
+    raise ValueError(f"kernel {name!r} moves discrete coordinates only, and the target has "
+                     "continuous ones; use 'hmc' or 'mala' (with discrete_step='mwg' or 'gwg' "
+                     "for the discrete ones)")
+
+
 #: the batched samplers by name, as :class:`~pyro_lvmle.MCMCGradient` accepts them
 BATCHED_STEPS = {"hmc": hmc_step, "mala": mala_step, "ula": ula_step}
 #: the discrete steps by name
 DISCRETE_STEPS = {"mwg": metropolis_within_gibbs_step, "gwg": gibbs_with_gradients_step}
+#: the samplers of all-discrete targets by name (a generic Gibbs sampler, Gibbs-with-gradients)
+DISCRETE_KERNELS = {"gibbs": metropolis_within_gibbs_step, "gwg": gibbs_with_gradients_step}
 
 
 def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size: bool = True,
@@ -169,7 +178,10 @@ def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size:
 
     :param kernel: ``"nuts"`` (Pyro's NUTS on ``model``, one kernel per chain), ``"hmc"``
         (batched, ``num_steps`` leapfrog steps with a jittered step size), ``"mala"``,
-        ``"ula"``; a ``pyro.infer.HMC``/``NUTS`` kernel; a functional step such as
+        ``"ula"``; ``"gibbs"`` or ``"gwg"`` for targets whose coordinates are all discrete
+        (the discrete step alone, :func:`~pyro_lvmle.samplers.metropolis_within_gibbs_step`
+        or :func:`~pyro_lvmle.samplers.gibbs_with_gradients_step`, nothing adapted);
+        a ``pyro.infer.HMC``/``NUTS`` kernel; a functional step such as
         :func:`~pyro_lvmle.samplers.hmc_step` (or a ``functools.partial`` of one); or a
         sampler, returned as it is.
     :param model: the Pyro model, needed for ``"nuts"`` only.
@@ -214,8 +226,12 @@ def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size:
                 raise ValueError("make_sampler: kernel='nuts' needs the model")
             return PyroKernel(NUTS(model, max_plate_nesting=max_plate_nesting,
                                    target_accept_prob=target_accept or 0.8))
+        if kernel in DISCRETE_KERNELS:  # mixed_step runs only the discrete step on them
+            return BatchedKernel(partial(_no_continuous_step, kernel),
+                                 **{**options, "adapt_step_size": False,
+                                    "discrete_step": DISCRETE_KERNELS[kernel]})
         if kernel not in BATCHED_STEPS:
-            raise ValueError(f"unknown kernel {kernel!r}; use 'nuts', "
+            raise ValueError(f"unknown kernel {kernel!r}; use 'nuts', 'gibbs', 'gwg', "
                              f"{', '.join(repr(k) for k in BATCHED_STEPS)}, a Pyro HMC/NUTS "
                              "kernel, a step function or a sampler")
         step_kwargs = {"num_steps": num_steps, "jitter": 0.5} if kernel == "hmc" else {}

@@ -7,6 +7,7 @@ log-weight components every objective needs, with plate and subsampling bookkeep
 
 from .discrete import MAX_ENUMERATED_SUPPORT, DiscreteBlock
 from .enum import EnumeratedPosterior
+from .normalization import check_model, check_normalized, unnormalized_sites
 from .particles import (
     PARTICLE_PLATE,
     ParticleTerms,
@@ -28,9 +29,12 @@ __all__ = [
     "Potential",
     "ParticleTerms",
     "PriorGuide",
+    "check_model",
+    "check_normalized",
     "check_programs",
     "conditioned",
     "guess_max_plate_nesting",
     "particle_terms",
     "simulate",
+    "unnormalized_sites",
 ]

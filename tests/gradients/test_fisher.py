@@ -262,7 +262,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="num_chains"):
         lv.MCMCGradient("hmc", num_chains=0)
     with pytest.raises(ValueError, match="unknown kernel"):
-        lv.MCMCGradient("gibbs")
+        lv.MCMCGradient("metropolis")
     with pytest.raises(TypeError, match="kernel"):
         lv.MCMCGradient(3)
     with pytest.raises(ValueError, match="step_size"):

@@ -1,0 +1,117 @@
+r"""Which observed sites of a model have an unnormalized density, and a check that says so.
+
+An undirected (energy-based) model is written in Pyro with an observed site of an improper
+density (:class:`~pyro.distributions.ImproperUniform`, log density 0) and
+:func:`pyro.factor` adding :math:`\log \tilde p(x; \theta)`. Its log joint is then
+:math:`\log \tilde p(x; \theta) = \log p(x; \theta) + \log Z(\theta)`: every ELBO treats it as
+normalized, and its gradient misses :math:`-\nabla_\theta \log Z(\theta)`, the negative phase
+(seed 001). Nothing in Pyro says so. :func:`check_model` does, and the package's own
+ELBO-based losses and :class:`~pyro_lvmle.MCMCGradient` refuse such a model.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from torch.distributions import Independent
+
+from .params import _cuda_devices
+from .particles import _is_subsample
+
+__all__ = ["check_model", "check_normalized", "unnormalized_sites"]
+
+_ADVICE = ("its density is unnormalized (an improper ImproperUniform observed site, "
+           "pyro.factor supplying the log density), so log p(x) misses -log Z(theta) and an "
+           "ELBO's gradient misses the negative phase: the gradient is silently wrong. Train "
+           "it with lv.ContrastiveDivergence (SVI(model, lv.empty_guide, optim, "
+           "loss=lv.ContrastiveDivergence(...))) and evaluate it with lv.log_partition")
+
+
+def unnormalized_sites(trace) -> list[str]:
+    """The observed sites of a trace whose distribution is improper
+    (:class:`~pyro.distributions.ImproperUniform`, possibly reshaped or made independent).
+
+    :param trace: a Pyro trace of the model.
+
+    Example::
+
+        >>> import pyro.poutine as poutine, pyro_lvmle as lv
+        >>> rbm = lv.models.RBM(num_visible=3, num_hidden=2)
+        >>> unnormalized_sites(poutine.trace(rbm.model).get_trace(rbm.simulate(2)))
+        ['v']
+    """
+    return [name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and site["is_observed"] and not _is_subsample(site)
+            and _is_improper(site["fn"])]
+
+
+def _is_improper(fn) -> bool:
+    while True:
+        if isinstance(fn, dist.ImproperUniform):
+            return True
+        inner = getattr(fn, "base_dist", None)
+        if inner is None or not isinstance(fn, Independent | dist.MaskedDistribution |
+                                           dist.ExpandedDistribution):
+            return False
+        fn = inner
+
+
+def check_normalized(model, args=(), kwargs=None, *, where: str) -> None:
+    """Raise if the model has an observed site of unnormalized density (one run of the model,
+    hidden from outer handlers, leaving torch's random number generators as they were).
+
+    :param model: a Pyro model.
+    :param tuple args: its arguments.
+    :param dict kwargs: its keyword arguments.
+    :param str where: who checks, for the message.
+    :raises ValueError: naming the sites and what to use instead.
+    """
+    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **(kwargs or {}))
+    sites = unnormalized_sites(trace)
+    if sites:
+        raise ValueError(f"{where}: the model's observed sites {sites} have an improper "
+                         f"density: {_ADVICE}")
+
+
+def check_model(model, guide=None, *args, **kwargs) -> None:
+    r"""Check that an ELBO (Pyro's ``Trace_ELBO`` and friends, or this package's) gives the
+    gradient of :math:`\log p(x; \theta)` for this model: refuse an undirected model.
+
+    An observed site of improper density with ``pyro.factor`` supplying
+    :math:`\log \tilde p(x; \theta)` makes the log joint unnormalized,
+
+    .. math::
+
+        \nabla_\theta \log p(x; \theta) = \nabla_\theta \log \tilde p(x; \theta)
+            - \mathbb{E}_{p(x'; \theta)}\big[\nabla_\theta \log \tilde p(x'; \theta)\big],
+
+    and every ELBO drops the second term (its normalizer :math:`Z(\theta)`) without a word.
+    Use :class:`~pyro_lvmle.ContrastiveDivergence` for such a model. ``pyro.factor`` used as a
+    likelihood term of a latent-variable model (its observations normalized elsewhere, or
+    none) passes.
+
+    :param model: the Pyro model, run once on the arguments (hidden from outer handlers).
+    :param guide: the guide an ELBO would pair with it; not run (accepted so that the call
+        reads like the loss's own ``(model, guide, *args)``).
+    :param args: the model's arguments.
+    :param kwargs: the model's keyword arguments.
+    :raises ValueError: naming the unnormalized observed sites and what to use instead.
+
+    References:
+
+    [1] Goodfellow, Bengio & Courville (2016), Deep Learning, chapter 18 (seed 001).
+
+    Example::
+
+        >>> import pyro_lvmle as lv
+        >>> model = lv.models.LinearGaussian()
+        >>> lv.check_model(model, lv.empty_guide, model.simulate(3))  # passes
+        >>> rbm = lv.models.RBM(num_visible=3, num_hidden=2)
+        >>> lv.check_model(rbm.model, lv.empty_guide, rbm.simulate(3))
+        Traceback (most recent call last):
+        ...
+        ValueError: check_model: the model's observed sites ['v'] have an improper density: ...
+    """
+    check_normalized(model, args, kwargs, where="check_model")

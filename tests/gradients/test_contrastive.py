@@ -1,0 +1,268 @@
+"""ContrastiveDivergence against the exact log-likelihood gradient of models with a known
+partition function: a small RBM (exact log Z by enumeration) and a Gaussian energy model."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch.distributions import constraints
+
+import pyro_lvmle as lv
+from pyro_lvmle.samplers import BlockGibbs
+
+
+def _rbm_setup(num_data=30):
+    torch.manual_seed(0)
+    truth = lv.models.RBM(4, 3, init_params={"weights": 2 * torch.randn(4, 3),
+                                             "visible_bias": torch.randn(4)})
+    data = truth.simulate(num_data)
+    rbm = lv.models.RBM(4, 3, init_params={"weights": torch.randn(4, 3)})
+    rbm.model(data)  # the parameters enter Pyro's param store
+    return rbm, data
+
+
+def _store_grad(loss_value):
+    """The gradient of a scalar with respect to every parameter in the store, flattened."""
+    params = dict(pyro.get_param_store().named_parameters())
+    names = sorted(params)
+    grads = torch.autograd.grad(loss_value, [params[n] for n in names], allow_unused=True)
+    return torch.cat([(torch.zeros_like(params[n]) if g is None else g).flatten()
+                      for n, g in zip(names, grads, strict=True)])
+
+
+def _exact_rbm_grad(rbm, data):
+    return _store_grad(-rbm.log_marginal(data))  # the gradient of minus the log-likelihood
+
+
+def _cd_draws(loss, model, data, num_draws, **kwargs):
+    return torch.stack([_store_grad(loss.differentiable_loss(model, None, data, **kwargs))
+                        for _ in range(num_draws)])
+
+
+def _z_scores(draws, exact):
+    """|mean - exact| / standard error, per coordinate, for independent draws."""
+    se = draws.std(0) / math.sqrt(draws.shape[0])
+    return ((draws.mean(0) - exact) / se.clamp(min=1e-12)).abs()
+
+
+def test_long_chains_match_exact_gradient_and_cd1_bias_shows():
+    rbm, data = _rbm_setup()
+    exact = _exact_rbm_grad(rbm, data)
+    sampler = BlockGibbs(rbm.hidden_conditional, rbm.visible_conditional)
+    long = lv.ContrastiveDivergence(num_steps=30, num_chains=20, sampler=sampler)
+    z_long = _z_scores(_cd_draws(long, rbm.model, data, 60), exact)
+    assert z_long.max() < 4, z_long
+    short = lv.ContrastiveDivergence(num_steps=1, num_chains=20, sampler=sampler)
+    z_short = _z_scores(_cd_draws(short, rbm.model, data, 60), exact)
+    assert z_short.max() > 10, z_short  # CD-1's bias (Carreira-Perpinan & Hinton 2005)
+
+
+def test_planted_control_without_negative_phase_fails():
+    rbm, data = _rbm_setup()
+    exact = _exact_rbm_grad(rbm, data)
+    loss = lv.ContrastiveDivergence(num_steps=30, num_chains=20, sampler=BlockGibbs(
+        rbm.hidden_conditional, rbm.visible_conditional))
+
+    def positive_only():
+        potential, positions, _ = loss.draw(rbm.model, (data,))
+        return -potential.log_joint(positions[:1])[0]
+
+    draws = torch.stack([_store_grad(positive_only()) for _ in range(20)])
+    assert _z_scores(draws, exact).max() > 100
+
+
+def test_persistent_chains_at_fixed_parameters_match_exact_gradient():
+    rbm, data = _rbm_setup()
+    exact = _exact_rbm_grad(rbm, data)
+    loss = lv.ContrastiveDivergence(num_steps=1, persistent=True, num_chains=20,
+                                    sampler=BlockGibbs(rbm.hidden_conditional,
+                                                       rbm.visible_conditional))
+    _cd_draws(loss, rbm.model, data, 20)  # burn-in
+    draws = _cd_draws(loss, rbm.model, data, 200)
+    batches = draws.reshape(10, 20, -1).mean(1)  # batch means: the chains are correlated
+    assert _z_scores(batches, exact).max() < 4
+    assert loss.chains.position["v"].shape == (20, 30, 4)
+
+
+@pytest.mark.parametrize("name,num_steps", [("gibbs", 4), ("gwg", 10)])
+def test_generic_discrete_samplers_match_exact_gradient(name, num_steps):
+    rbm, data = _rbm_setup(num_data=10)
+    exact = _exact_rbm_grad(rbm, data)
+    loss = lv.ContrastiveDivergence(num_steps=num_steps, num_chains=30, sampler=name)
+    assert _z_scores(_cd_draws(loss, rbm.model, data, 20), exact).max() < 4
+
+
+def test_subsampled_plate_gives_the_full_data_gradient():
+    rbm, data = _rbm_setup()
+    exact = _exact_rbm_grad(rbm, data)
+    loss = lv.ContrastiveDivergence(num_steps=20, num_chains=5, sampler=BlockGibbs(
+        rbm.hidden_conditional, rbm.visible_conditional))
+    draws = _cd_draws(loss, rbm.model, data, 100, subsample_size=10)
+    assert _z_scores(draws, exact).max() < 4
+
+
+def gaussian_energy(data):
+    """x ~ ImproperUniform on R^2 with log p~(x) = -|x - mu|^2 / (2 s^2): Z = 2 pi s^2."""
+    mu = pyro.param("mu", torch.tensor([0.5, -0.5]))
+    s = pyro.param("s", torch.tensor(0.8), constraint=constraints.positive)
+    with pyro.plate("data", data.shape[0]):
+        x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), (2,)), obs=data)
+        pyro.factor("energy", -((x - mu) ** 2).sum(-1) / (2 * s**2))
+
+
+def test_langevin_negative_phase_on_continuous_sites_matches_exact_gradient():
+    torch.manual_seed(0)
+    data = torch.randn(20, 2) * 1.3 + 1.0
+    gaussian_energy(data)
+
+    def minus_log_likelihood():
+        mu, s = pyro.param("mu"), pyro.param("s")
+        return -dist.Normal(mu, s).log_prob(data).sum()
+
+    exact = _store_grad(minus_log_likelihood())
+    loss = lv.ContrastiveDivergence(num_steps=1, persistent=True, num_chains=10,
+                                    sampler="mala", step_size=0.5)
+    _cd_draws(loss, gaussian_energy, data, 50)  # burn-in and step-size tracking
+    draws = _cd_draws(loss, gaussian_energy, data, 400)
+    batches = draws.reshape(20, 20, -1).mean(1)
+    assert _z_scores(batches, exact).max() < 4
+    assert loss.diagnostics["accept_prob"] > 0.3
+
+
+def test_loss_values_agree_and_say_what_they_are():
+    rbm, data = _rbm_setup()
+    loss = lv.ContrastiveDivergence(num_steps=1, sampler=BlockGibbs(
+        rbm.hidden_conditional, rbm.visible_conditional))
+    values = []
+    for method in ("loss", "differentiable_loss", "loss_and_grads"):
+        pyro.set_rng_seed(3)
+        value = getattr(loss, method)(rbm.model, lv.empty_guide, data)
+        values.append(float(torch.as_tensor(value).detach()))
+    assert values[0] == pytest.approx(values[1]) == pytest.approx(values[2])
+    diag = loss.diagnostics
+    assert values[0] == pytest.approx(float(diag["negative"] - diag["positive"]))
+    assert "not a log-likelihood" in lv.ContrastiveDivergence.__doc__
+
+
+def test_svi_step_and_state_dict_round_trip(tmp_path):
+    rbm, data = _rbm_setup()
+    loss = lv.ContrastiveDivergence(num_steps=2, persistent=True, num_chains=3, sampler=BlockGibbs(
+        rbm.hidden_conditional, rbm.visible_conditional))
+    svi = pyro.infer.SVI(rbm.model, lv.empty_guide, pyro.optim.SGD({"lr": 0.01}), loss)
+    before = pyro.param("weights").detach().clone()
+    svi.step(data)
+    assert not torch.equal(before, pyro.param("weights"))
+    torch.save(loss.state_dict(), tmp_path / "cd.pt")
+    other = lv.ContrastiveDivergence(num_chains=3, persistent=True)
+    other.load_state_dict(torch.load(tmp_path / "cd.pt", weights_only=True))
+    assert torch.equal(other.chains.position["v"], loss.chains.position["v"])
+
+
+def test_bad_input_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="num_steps"):
+        lv.ContrastiveDivergence(num_steps=0)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        lv.ContrastiveDivergence(sampler="nope")
+    with pytest.raises(ValueError, match="not a saved state"):
+        lv.ContrastiveDivergence().load_state_dict({"x": 1})
+
+    def latent_model(data):  # a continuous latent: no positive phase without posterior draws
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("x", dist.ImproperUniform(constraints.real, (), ()), obs=data)
+            pyro.factor("f", -(data - z) ** 2)
+
+    with pytest.raises(ValueError, match="latent sites"):
+        lv.ContrastiveDivergence().loss(latent_model, None, torch.zeros(3))
+
+
+def _digits():
+    load_digits = pytest.importorskip("sklearn.datasets").load_digits
+    return torch.tensor(load_digits().data > 7, dtype=torch.get_default_dtype())
+
+
+def train_digits_rbm(persistent, num_epochs=300, learning_rate=0.1, batch_size=100):
+    """The 64 x 16 RBM on binarized digits by CD-1 or PCD-1 (batches of 100, SGD with a
+    per-datum learning rate of 0.1): returns the model and the data."""
+    data = _digits()
+    rbm = lv.models.RBM(64, 16)
+    loss = lv.ContrastiveDivergence(num_steps=1, persistent=persistent, sampler=BlockGibbs(
+        rbm.hidden_conditional, rbm.visible_conditional))
+    svi = pyro.infer.SVI(rbm.model, lv.empty_guide,
+                         pyro.optim.SGD({"lr": learning_rate / batch_size}), loss)
+    for _ in range(num_epochs):
+        order = torch.randperm(data.shape[0])
+        for start in range(0, data.shape[0] - batch_size + 1, batch_size):
+            svi.step(data[order[start:start + batch_size]])
+    return rbm, data
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("persistent", [False, True], ids=["cd1", "pcd1"])
+def test_digits_rbm_reaches_the_issue_log_likelihood(persistent):
+    rbm, data = train_digits_rbm(persistent)
+    average = float(rbm.log_marginal(data).detach()) / data.shape[0]
+    rates = data.mean(0)
+    baseline = float(dist.Bernoulli(rates).log_prob(data).sum(-1).mean())
+    assert baseline == pytest.approx(-25.1, abs=0.05)
+    assert average > -18.3, average
+
+
+class _PositiveOnly(lv.ContrastiveDivergence):
+    """The planted control: the negative phase dropped (what an ELBO would do)."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        potential, positions, _ = self.draw(model, args, kwargs)
+        return -potential.log_joint(positions[:1])[0]
+
+
+@pytest.mark.integration
+def test_pcd_with_langevin_recovers_a_2d_gaussian_mixture():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[2] / "examples" / "ebm_2d.py"
+    spec = importlib.util.spec_from_file_location("ebm_2d", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    kl = example.train(num_steps=400)[-1][1]
+    assert kl < 0.06, kl
+    pyro.clear_param_store()
+    control = example.train(num_steps=100, loss=_PositiveOnly(persistent=True))[-1][1]
+    assert control > 0.3, control
+
+
+def test_hidden_units_written_as_sites_are_summed_out():
+    """The RBM with its hidden units as Bernoulli sites: Pyro enumerates them, and the CD
+    gradient matches the exact one (the prior's 2^-H per datum does not depend on theta)."""
+    torch.manual_seed(0)
+    truth = lv.models.RBM(3, 2, init_params={"weights": 2 * torch.randn(3, 2)})
+    data = truth.simulate(4)
+
+    def model(data):
+        w = pyro.param("weights", torch.randn(3, 2))
+        b = pyro.param("visible_bias", torch.zeros(3))
+        c = pyro.param("hidden_bias", torch.zeros(2))
+        cube = dist.ImproperUniform(constraints.boolean, (), (3,))
+        with pyro.plate("data", len(data), dim=-2):
+            v = pyro.sample("v", cube, obs=data.unsqueeze(-2))
+            pyro.factor("visible", v @ b)
+            with pyro.plate("hidden", 2, dim=-1):
+                h = pyro.sample("h", dist.Bernoulli(0.5))
+                pyro.factor("coupling", h * ((v @ w).squeeze(-2) + c))
+
+    model(data)
+    exact = _store_grad(-lv.models.RBM(3, 2).log_marginal(data))
+
+    def hidden(v):
+        return dist.Bernoulli(logits=v @ pyro.param("weights") + pyro.param("hidden_bias"))
+
+    def visible(h):
+        return dist.Bernoulli(logits=h @ pyro.param("weights").T + pyro.param("visible_bias"))
+
+    loss = lv.ContrastiveDivergence(num_steps=20, num_chains=20,
+                                    sampler=BlockGibbs(hidden, visible))
+    assert _z_scores(_cd_draws(loss, model, data, 30), exact).max() < 4
+    assert loss.potential(model, (data,)).enumerated == ("h",)

@@ -1,0 +1,56 @@
+"""The guard: undirected models (improper observed site + pyro.factor) are refused by ELBOs,
+ordinary normalized models are not."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+import pyro_lvmle as lv
+
+
+def _rbm():
+    rbm = lv.models.RBM(4, 3, init_params={"weights": torch.randn(4, 3)})
+    return rbm, rbm.simulate(20)
+
+
+def factor_likelihood(data):
+    """pyro.factor as the likelihood of a latent-only model: normalized, must pass."""
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    pyro.factor("likelihood", dist.Normal(z, 1.0).log_prob(data).sum())
+
+
+def test_check_model_refuses_the_rbm_and_names_the_site():
+    rbm, data = _rbm()
+    with pytest.raises(ValueError, match=r"\['v'\].*ContrastiveDivergence"):
+        lv.check_model(rbm.model, lv.empty_guide, data)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (factor_likelihood, (torch.randn(5),)),
+    lambda: (lv.models.LinearGaussian(), (lv.models.LinearGaussian().simulate(5),)),
+    lambda: (lv.models.GaussianMixture(num_components=2, data_dim=1),
+             (lv.models.GaussianMixture(num_components=2, data_dim=1).simulate(5),)),
+], ids=["factor-likelihood", "linear-gaussian", "mixture"])
+def test_check_model_passes_normalized_models(make):
+    model, args = make()
+    lv.check_model(model, None, *args)
+
+
+def test_our_objectives_and_mcmc_gradient_refuse_the_rbm():
+    rbm, data = _rbm()
+    for loss in (lv.TraceIWAE_ELBO(num_particles=2), lv.MCMCGradient("hmc")):
+        with pytest.raises(ValueError, match="improper density"):
+            loss.loss(rbm.model, lv.PriorGuide(rbm.model), data)
+
+
+def test_control_pyros_elbo_gradient_on_the_rbm_is_silently_wrong():
+    """What the guard is for: Trace_ELBO runs on the RBM and gives only the positive phase."""
+    rbm, data = _rbm()
+    rbm.model(data)
+    params = dict(pyro.get_param_store().named_parameters())
+    elbo_loss = Trace_ELBO().differentiable_loss(rbm.model, lv.empty_guide, data)
+    elbo = torch.autograd.grad(elbo_loss, [params["weights"]])[0]
+    exact = torch.autograd.grad(-rbm.log_marginal(data), [params["weights"]])[0]
+    assert (elbo - exact).abs().max() > 1.0
