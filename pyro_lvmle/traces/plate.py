@@ -56,13 +56,16 @@ def _log_probs(trace):
 
 def site_log_probs(potential, position: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each sample site's log density at positions ``(C, D)``, scaled and masked as in the
-    potential's energy (no ``N/B`` factor), not summed; no enumeration, no validation.
+    potential's energy (no ``N/B`` factor; tempered sites times the chain's beta on a
+    :meth:`~pyro_lvmle.traces.Potential.tempered` view), not summed; no enumeration, no
+    validation.
 
     :param potential: the :class:`~pyro_lvmle.traces.Potential`.
     :param torch.Tensor position: ``(C, D)``.
     """
     with pyro.validation_enabled(False):
-        trace, _ = _trace(potential, position, jacobian=True, beta=None, enumerate=False)
+        trace, _ = _trace(potential, position, jacobian=True,
+                          beta=potential._chain_beta(position), enumerate=False)
         return _log_probs(trace)
 
 

@@ -335,6 +335,23 @@ def test_block_energy_splits_the_energy_change_per_site():
     assert_close(grad, hand, atol=1e-10)
 
 
+@pytest.mark.parametrize("buggy", [False, True], ids=["tempered", "control-untempered"])
+def test_block_energy_of_a_tempered_view_splits_its_energy_change(buggy):
+    """The discrete steps on a tempered target (AIS, parallel tempering) see the tempered
+    conditional: the block energies' change sums to the tempered energy's change. Control:
+    the untempered block energies (the bug this test was written for) do not."""
+    beta = torch.tensor([0.0, 0.3, 1.0])
+    tempered = Potential(n_mixture, (COUNTS,)).tempered(beta)
+    (block,) = tempered.discrete_blocks
+    old = torch.cat([torch.randn(3, 1), counts_at_least(COUNTS, 3)], -1)
+    new = old.clone()
+    new[:, 1:] = counts_at_least(COUNTS, 3)
+    source = Potential(n_mixture, (COUNTS,)) if buggy else tempered
+    change = source.block_energy(new, block) - source.block_energy(old, block)
+    agrees = torch.allclose(change.sum(-1), tempered(new) - tempered(old), atol=1e-10)
+    assert agrees != buggy
+
+
 def test_block_energy_under_a_subsampled_plate_is_per_datum_of_the_batch():
     y = torch.tensor([1.0, 4.0, 0.0, 2.0, 3.0, 1.0])
 
