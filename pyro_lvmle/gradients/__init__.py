@@ -4,11 +4,13 @@ gradient of undirected models, CD-k and PCD) and standard errors at the MLE by L
 identity.
 """
 
+from .chain_loss import ChainLoss
 from .contrastive import ContrastiveDivergence
 from .fisher import MCMCGradient, empty_guide
 from .information import ObservedInformation, observed_information, standard_errors
 
 __all__ = [
+    "ChainLoss",
     "ContrastiveDivergence",
     "MCMCGradient",
     "ObservedInformation",

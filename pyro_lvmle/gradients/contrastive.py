@@ -25,19 +25,18 @@ near the model's distribution.
 from __future__ import annotations
 
 import torch
-from pyro.infer import ELBO
 
 from .._checks import check_int
-from ..samplers import ChainStore, make_sampler
+from ..samplers import make_sampler
 from ..traces import Potential
-from ..traces.params import accumulate_grads, call_with_params
 from ..traces.particles import guess_max_plate_nesting
+from .chain_loss import ChainLoss
 from .fisher import empty_guide
 
 __all__ = ["ContrastiveDivergence"]
 
 
-class ContrastiveDivergence(ELBO):
+class ContrastiveDivergence(ChainLoss):
     r"""The positive-minus-negative-phase gradient of an undirected model, for
     ``pyro.infer.SVI``: CD-k, or persistent contrastive divergence.
 
@@ -126,9 +125,7 @@ class ContrastiveDivergence(ELBO):
         where = "ContrastiveDivergence"
         self.num_steps = check_int(where, "num_steps", num_steps, 1)
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
-        if max_plate_nesting is not None:
-            check_int(where, "max_plate_nesting", max_plate_nesting, 0)
-        super().__init__(num_particles=num_chains, max_plate_nesting=max_plate_nesting)
+        super().__init__(num_chains, num_chains, max_plate_nesting)
         self.persistent = bool(persistent)
         self._options = sampler_options
         if not (sampler == "auto" and not sampler_options):
@@ -138,25 +135,13 @@ class ContrastiveDivergence(ELBO):
                 raise type(error)(f"{where}: {error}") from None
         self.sampler = None if isinstance(sampler, str) else make_sampler(sampler)
         self._sampler_name = sampler if isinstance(sampler, str) else None
-        self._model = None
         self._potentials: dict = {}
-        self.diagnostics: dict = {}
-        #: the chains kept between calls (per datum under subsampled plates)
-        self.chains = ChainStore(num_chains)
 
     def __repr__(self) -> str:
         sampler = self._sampler_name or self.sampler
         return (f"ContrastiveDivergence(num_steps={self.num_steps}, persistent="
                 f"{self.persistent}, num_chains={self.num_chains}, sampler={sampler!r})")
 
-    @property
-    def max_plate_nesting(self):
-        """The model's deepest plate nesting (``None`` until given or guessed)."""
-        return self._max_plate_nesting
-
-    @max_plate_nesting.setter
-    def max_plate_nesting(self, value):
-        self._max_plate_nesting = None if value in (None, float("inf")) else int(value)
 
     def potential(self, model, args=(), kwargs=None) -> Potential:
         """The negative-phase target for these arguments: the model's observed sites with the
@@ -249,42 +234,6 @@ class ContrastiveDivergence(ELBO):
         self.diagnostics = {"positive": positive.detach(), "negative": negative.detach(),
                             "accept_prob": accept, "num_steps": self.num_steps}
         return negative - positive
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """The surrogate's value after moving the chains (not a log-likelihood)."""
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Move the chains, add the surrogate's gradient (negative minus positive phase) to
-        the parameters' ``.grad``, return its value. A non-finite gradient raises and leaves
-        every ``.grad`` as it was."""
-        loss, params = call_with_params(self.differentiable_loss, model, guide, *args, **kwargs)
-        bad = accumulate_grads(loss, params)
-        if bad:
-            raise ValueError(f"ContrastiveDivergence: the gradient of parameters {bad} is not "
-                             "finite; the parameters' gradients are left as they were")
-        return loss.item()
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("ContrastiveDivergence draws no guide traces; it runs "
-                                  "Markov chains")
-
-    def state_dict(self) -> dict:
-        """The chains (per datum under subsampling); tensors only, loadable with
-        ``torch.load(weights_only=True)``."""
-        return {**self.chains.state_dict(), "max_plate_nesting": self.max_plate_nesting}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`'s chains.
-
-        :param dict state: as :meth:`state_dict` returned it.
-        """
-        if not isinstance(state, dict) or "max_plate_nesting" not in state:
-            raise ValueError("ContrastiveDivergence.load_state_dict: not a saved state; pass "
-                             "what state_dict() returned")
-        self.chains.load_state_dict(state)
-        self.max_plate_nesting = state["max_plate_nesting"]
 
 
 def _shape_key(args, kwargs):

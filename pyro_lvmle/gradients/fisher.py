@@ -28,13 +28,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from pyro.infer import ELBO
 
 from .._checks import check_int
-from ..samplers import ChainStore, chain_diagnostics, make_sampler
+from ..samplers import chain_diagnostics, make_sampler
 from ..traces import Potential, check_normalized
-from ..traces.params import accumulate_grads, call_with_params
 from ..traces.particles import guess_max_plate_nesting
+from .chain_loss import ChainLoss
 
 __all__ = ["Draws", "MCMCGradient", "empty_guide"]
 
@@ -64,7 +63,7 @@ class Draws(NamedTuple):
     diagnostics: dict
 
 
-class MCMCGradient(ELBO):
+class MCMCGradient(ChainLoss):
     r"""Maximum-likelihood gradients by Fisher's identity from persistent Markov chains.
 
     Each call advances ``num_chains`` chains on the model's latent sites given the data and
@@ -127,11 +126,8 @@ class MCMCGradient(ELBO):
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
         self.thinning = check_int(where, "thinning", thinning, 1)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0)
-        if max_plate_nesting is not None:
-            check_int(where, "max_plate_nesting", max_plate_nesting, 0)
         self._options = {"adapt_step_size": warmup_steps > 0, **sampler_options}
-        super().__init__(num_particles=num_chains * num_samples,
-                         max_plate_nesting=max_plate_nesting)
+        super().__init__(num_chains, num_chains * num_samples, max_plate_nesting)
         self.kernel = kernel
         self.persistent = bool(persistent)
         try:  # bad settings are refused here; "nuts" is built on the model at the first call
@@ -139,26 +135,14 @@ class MCMCGradient(ELBO):
         except (ValueError, TypeError) as error:
             raise type(error)(f"{where}: {error}") from None
         self.sampler = None if kernel == "nuts" else sampler
-        self._model = None
         self._vectorization = None
-        self.diagnostics: dict = {}
         self.samples: dict[str, torch.Tensor] = {}
-        #: the chains kept between calls (per datum under subsampled plates)
-        self.chains = ChainStore(num_chains)
 
     def __repr__(self) -> str:
         return (f"MCMCGradient(kernel={self.kernel!r}, num_samples={self.num_samples}, "
                 f"warmup_steps={self.warmup_steps}, num_chains={self.num_chains}, "
                 f"persistent={self.persistent}, thinning={self.thinning})")
 
-    @property
-    def max_plate_nesting(self):
-        """The model's deepest plate nesting (``None`` until given or guessed)."""
-        return self._max_plate_nesting
-
-    @max_plate_nesting.setter
-    def max_plate_nesting(self, value):
-        self._max_plate_nesting = None if value in (None, float("inf")) else int(value)
 
     def draw(self, model, args=(), kwargs=None, num_samples: int | None = None) -> Draws:
         """Advance the chains for the model's current parameters and data and return the
@@ -213,39 +197,3 @@ class MCMCGradient(ELBO):
                 "model's parameters (a scale at 0, a probability at 0 or 1) and data"
             )
         return -log_joint.mean()
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """The loss after advancing the chains, without building a parameter graph."""
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Advance the chains, add the loss's gradient to the parameters' ``.grad``, return
-        the loss. A non-finite gradient raises and leaves every ``.grad`` as it was."""
-        loss, params = call_with_params(self.differentiable_loss, model, guide, *args, **kwargs)
-        bad = accumulate_grads(loss, params)
-        if bad:
-            raise ValueError(f"MCMCGradient: the gradient of parameters {bad} is not finite; "
-                             "the parameters' gradients are left as they were")
-        return loss.item()
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("MCMCGradient draws no guide traces; it runs Markov chains")
-
-    def state_dict(self) -> dict:
-        """The chains (per datum under subsampling), step sizes, adaptation and which data
-        have chains; tensors only, loadable with ``torch.load(weights_only=True)``."""
-        return {**self.chains.state_dict(), "max_plate_nesting": self.max_plate_nesting}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`'s chains (a Pyro kernel gets its step sizes and diagonal
-        masses back at the next call, without warming up again).
-
-        :param dict state: as :meth:`state_dict` returned it.
-        """
-        if not isinstance(state, dict) or "max_plate_nesting" not in state:
-            raise ValueError("MCMCGradient.load_state_dict: not a saved MCMCGradient state "
-                             "(no 'max_plate_nesting', or no 'position' of chains); pass what "
-                             "state_dict() returned")
-        self.chains.load_state_dict(state)
-        self.max_plate_nesting = state["max_plate_nesting"]

@@ -165,7 +165,7 @@ def test_bad_input_is_refused_with_a_clear_message():
         lv.ContrastiveDivergence(num_steps=0)
     with pytest.raises(ValueError, match="unknown kernel"):
         lv.ContrastiveDivergence(sampler="nope")
-    with pytest.raises(ValueError, match="not a saved state"):
+    with pytest.raises(ValueError, match="not a saved ContrastiveDivergence state"):
         lv.ContrastiveDivergence().load_state_dict({"x": 1})
 
     def latent_model(data):  # a continuous latent: no positive phase without posterior draws
