@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_int
-from ..samplers import make_sampler
+from ..samplers import make_sampler, run_steps
 from ..traces import Potential
 from ..traces.particles import guess_max_plate_nesting
 from .chain_loss import ChainLoss
@@ -187,7 +187,7 @@ class ContrastiveDivergence(ChainLoss):
         :param tuple args: its arguments.
         :param dict kwargs: its keyword arguments.
         :returns: the target, the positions ``(1 + C, D)`` (the data, then the chains) and
-            every transition's :class:`~pyro_lvmle.samplers.StepInfo`.
+            the transitions' :class:`~pyro_lvmle.samplers.StepInfo`, stacked.
         """
         potential = self.potential(model, args, kwargs)
         sampler = self._sampler(potential)
@@ -199,12 +199,9 @@ class ContrastiveDivergence(ChainLoss):
                 self.chains.visited[""].fill_(False)
             position = self.chains.gather("position", potential, fresh=fresh)
             state = sampler.init(position, potential, like=self.chains.like(potential))
-            infos = []
-            for _ in range(self.num_steps):
-                state, info = sampler.step(state, potential)
-                infos.append(info)
+            state, info = run_steps(sampler, state, potential, self.num_steps)
             self.chains.save(potential, state)
-        return potential, torch.cat([data, state.position]), infos
+        return potential, torch.cat([data, state.position]), info
 
     def _sampler(self, potential):
         if self.sampler is None:
@@ -223,14 +220,14 @@ class ContrastiveDivergence(ChainLoss):
         :param model: the Pyro model.
         :param guide: ignored (pass :func:`~pyro_lvmle.empty_guide`).
         """
-        potential, positions, infos = self.draw(model, args, kwargs)
+        potential, positions, info = self.draw(model, args, kwargs)
         log_density = potential.log_joint(positions)
         positive, negative = log_density[0], log_density[1:].mean()
         if not torch.isfinite(log_density).all():
             raise ValueError(
                 "ContrastiveDivergence: the log density is not finite at the data or at the "
                 "chains' states; check the model's parameters and data")
-        accept = torch.stack([info.accept_prob for info in infos]).mean()
+        accept = info.accept_prob.mean()
         self.diagnostics = {"positive": positive.detach(), "negative": negative.detach(),
                             "accept_prob": accept, "num_steps": self.num_steps}
         return negative - positive

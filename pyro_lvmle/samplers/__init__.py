@@ -15,6 +15,7 @@ from .base import (
     StepInfo,
     Target,
     chain_diagnostics,
+    run_steps,
     stack_info,
 )
 from .block_gibbs import BlockGibbs
@@ -64,6 +65,7 @@ __all__ = [
     "mala_step",
     "metropolis_within_gibbs_step",
     "mixed_step",
+    "run_steps",
     "stack_info",
     "ula_step",
     "warmup",

@@ -31,7 +31,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 
 __all__ = ["ChainState", "DualAveraging", "Sampler", "StepInfo", "Target", "chain_diagnostics",
-           "stack_info"]
+           "run_steps", "stack_info"]
 
 
 class DualAveraging(NamedTuple):
@@ -128,6 +128,23 @@ class Sampler(Protocol):
 
     def step(self, state: ChainState, target) -> tuple[ChainState, StepInfo]:
         """One transition."""
+
+
+def run_steps(sampler, state: ChainState, target, num_steps: int
+              ) -> tuple[ChainState, StepInfo]:
+    """``num_steps`` transitions of ``sampler`` with nothing adapted; the infos stacked
+    ``(num_steps, C)``: the warm-up of a sampler with nothing to adapt, and a run of steps.
+
+    :param sampler: a :class:`Sampler`.
+    :param ChainState state: the chains.
+    :param target: the target.
+    :param int num_steps: transitions.
+    """
+    infos = []
+    for _ in range(num_steps):
+        state, info = sampler.step(state, target)
+        infos.append(info)
+    return state, stack_info(infos, state)
 
 
 def stack_info(infos: list[StepInfo], state: ChainState) -> StepInfo:

@@ -32,7 +32,7 @@ import math
 import torch
 
 from .._checks import check_callable
-from .base import ChainState, StepInfo
+from .base import ChainState, StepInfo, run_steps
 from .hmc import dual_averaging_init
 
 __all__ = ["BlockGibbs"]
@@ -124,13 +124,7 @@ class BlockGibbs:
         :param target: the target.
         :param int num_steps: transitions.
         """
-        from .base import stack_info
-
-        infos = []
-        for _ in range(num_steps):
-            state, info = self.step(state, target)
-            infos.append(info)
-        return state, stack_info(infos, state)
+        return run_steps(self, state, target, num_steps)
 
     def step(self, state: ChainState, target) -> tuple[ChainState, StepInfo]:
         """One sweep :math:`h' \\sim p(h \\mid v)`, :math:`v' \\sim p(v \\mid h')` of every chain.

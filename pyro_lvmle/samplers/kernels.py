@@ -15,7 +15,7 @@ from functools import partial
 import torch
 
 from .._checks import check_int, check_positive, check_probability
-from .base import ChainState, StepInfo, stack_info
+from .base import ChainState, StepInfo, run_steps
 from .discrete import gibbs_with_gradients_step, metropolis_within_gibbs_step, mixed_step
 from .hmc import dual_averaging_init, hmc_init, hmc_step, mala_step, ula_step
 from .warmup import warmup as _warmup
@@ -116,11 +116,7 @@ class BatchedKernel:
         """
         state = state._replace(adaptation=dual_averaging_init(state.step_size))
         if not self.adapt_step_size:
-            infos = []
-            for _ in range(num_steps):
-                state, info = self.step(state, target)
-                infos.append(info)
-            return state, stack_info(infos, state)
+            return run_steps(self, state, target, num_steps)
         # an unadjusted kernel warms up adjusted: before the step size has shrunk to the
         # target's scale an unadjusted step can fly off and never come back
         step_kwargs = dict(self.step_kwargs)

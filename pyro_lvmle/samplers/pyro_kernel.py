@@ -19,7 +19,7 @@ import copy
 import torch
 
 from ..traces.params import _cuda_devices
-from .base import ChainState, StepInfo, stack_info
+from .base import ChainState, StepInfo, run_steps
 from .hmc import dual_averaging_init
 
 __all__ = ["PyroKernel"]
@@ -161,11 +161,7 @@ class PyroKernel:
         """
         self._setup(state.position, potential, num_steps)
         state = self._state(state.position, potential)
-        infos = []
-        for _ in range(num_steps):
-            state, info = self.step(state, potential)
-            infos.append(info)
-        return state, stack_info(infos, state)
+        return run_steps(self, state, potential, num_steps)
 
     def step(self, state: ChainState, potential) -> tuple[ChainState, StepInfo]:
         """One transition of every chain, by its own kernel.
