@@ -8,7 +8,7 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import models
-from .em import MCEM, SAEM, ExactEM, History, VariationalEM
+from .em import MCEM, SAEM, ExactEM, History, StochasticNewton, VariationalEM
 from .gradients import (
     MCMCGradient,
     ObservedInformation,
@@ -43,6 +43,7 @@ __all__ = [
     "ParticleObjective",
     "PriorGuide",
     "SAEM",
+    "StochasticNewton",
     "TraceIWAE_ELBO",
     "TraceRWS_ELBO",
     "TraceRenyi_ELBO",
