@@ -23,11 +23,15 @@ missing information) move steadily: their differences are small against the drif
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["TrendTest", "trend_test"]
+__all__ = ["BurnInDecision", "TrendTest", "burn_in_decision", "trend_test", "warn_trending"]
+
+#: the burn-in is tested from this many iterations on, over the last half of it
+MIN_BURN_IN = 20
 
 
 class TrendTest(NamedTuple):
@@ -70,3 +74,57 @@ def trend_test(trajectory: torch.Tensor, *, threshold: float = 3.0) -> TrendTest
     z = torch.where(scale > tiny, drift / scale.clamp(min=tiny),
                     torch.where(drift.abs() > 0, torch.inf, 0.0))
     return TrendTest(bool((z.abs() > threshold).any()), z)
+
+
+class BurnInDecision(NamedTuple):
+    """Whether an automatic burn-in ends after this iteration.
+
+    :ivar bool ends: it ends (no trend, or the cap).
+    :ivar bool capped: it ends at the cap while the parameters still trend (warn).
+    :ivar float trend: the largest :math:`|z|` (``nan`` before :data:`MIN_BURN_IN`).
+    """
+
+    ends: bool
+    capped: bool
+    trend: float
+
+
+def burn_in_decision(trajectory: list, max_burn_in: int, *, min_burn_in: int = MIN_BURN_IN,
+                     threshold: float = 3.0) -> BurnInDecision:
+    """Monolix-style automatic end of a burn-in: from iteration ``min_burn_in`` on, the
+    burn-in ends once :func:`trend_test` over its last half finds no trend, or at
+    ``max_burn_in`` iterations (``capped`` if the parameters still trend then).
+
+    :param list trajectory: the burn-in's iterates so far (flat tensors), oldest first.
+    :param int max_burn_in: the cap.
+    :param int min_burn_in: the shortest burn-in (at least 4).
+    :param float threshold: see :func:`trend_test`.
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.em.burn_in import burn_in_decision
+        >>> burn_in_decision([torch.randn(2) for _ in range(30)], 300).ends
+        True
+    """
+    done = len(trajectory)
+    if done < min_burn_in:
+        return BurnInDecision(done >= max_burn_in, False, float("nan"))
+    test = trend_test(torch.stack(trajectory[-(done // 2):]), threshold=threshold)
+    capped = test.trending and done >= max_burn_in
+    return BurnInDecision(not test.trending or capped, capped, float(test.z.abs().max()))
+
+
+def warn_trending(where: str, iteration: int, trend: float) -> None:
+    """Warn that a burn-in hit its cap while the parameters still trend.
+
+    :param str where: the driver's name.
+    :param int iteration: the last burn-in iteration.
+    :param float trend: the trend test's largest :math:`|z|`.
+    """
+    warnings.warn(
+        f"{where}: the burn-in hit its cap at iteration {iteration} while the parameters "
+        f"still trend (largest |z| = {trend:.3g} over the last half); the decreasing steps "
+        "from here on freeze the estimate short of the maximum. Raise max_burn_in, or use "
+        "the Newton correction (newton=True) or StochasticNewton",
+        UserWarning, stacklevel=4)

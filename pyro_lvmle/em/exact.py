@@ -13,13 +13,13 @@ closed form). Each step cannot decrease :math:`\log p(x; \theta)`.
 
 from __future__ import annotations
 
-import torch
 from pyro.optim import PyroOptim
 
 from .._checks import check_int, check_positive
 from ..traces import EnumeratedPosterior, guess_max_plate_nesting
 from .driver import Driver
 from .m_step import check_m_step, load_optim_state, maximize
+from .newton import assign_flat, flatten
 from .squarem import squarem_alpha, squarem_point
 
 #: SQUAREM's backtracking halvings of alpha - 1 before falling back to plain EM
@@ -140,16 +140,16 @@ class ExactEM(Driver):
 
     def _squarem(self, args, kwargs, params) -> tuple[float, int]:
         """One monotone SQUAREM cycle on the unconstrained parameters."""
-        theta0 = _flat(params)
+        theta0 = flatten(params.values())
         self._update(args, kwargs, params)
-        theta1 = _flat(params)
+        theta1 = flatten(params.values())
         second = self._update(args, kwargs, params)
-        theta2 = _flat(params)
+        theta2 = flatten(params.values())
         alpha = squarem_alpha(theta0, theta1, theta2)
         for _ in range(MAX_BACKTRACKS):
             if alpha == -1.0:
                 break
-            _assign(params, squarem_point(theta0, theta1, theta2, alpha))
+            assign_flat(params.values(), squarem_point(theta0, theta1, theta2, alpha))
             self._posterior = None
             value = self.posterior(*args, **kwargs).log_marginal.item()
             if value >= second:  # NaN fails too
@@ -158,7 +158,7 @@ class ExactEM(Driver):
         else:
             alpha = -1.0
         if alpha == -1.0:  # plain EM: the second update, then the stabilizing one
-            _assign(params, theta2)
+            assign_flat(params.values(), theta2)
             self._posterior = None
         return self._update(args, kwargs, params), 3
 
@@ -173,15 +173,3 @@ class ExactEM(Driver):
         self._posterior = None
         if "optim" in state:
             load_optim_state(self.m_step, state["optim"])
-
-
-def _flat(params) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in params.values()]).clone()
-
-
-def _assign(params, flat) -> None:
-    with torch.no_grad():
-        offset = 0
-        for leaf in params.values():
-            leaf.copy_(flat[offset:offset + leaf.numel()].reshape(leaf.shape))
-            offset += leaf.numel()

@@ -45,7 +45,9 @@ import torch
 
 from ..gradients.information import louis_terms
 
-__all__ = ["LouisMoments", "NewtonStep", "importance_log_ratio", "louis_moments", "newton_step"]
+__all__ = ["LouisMoments", "NewtonStep", "TrustRegionStep", "importance_log_ratio",
+           "assign_flat", "flatten", "louis_moments", "newton_step",
+           "trust_region_step"]
 
 
 class LouisMoments(NamedTuple):
@@ -210,3 +212,90 @@ def importance_log_ratio(before: torch.Tensor, after: torch.Tensor,
     ess = float(num) if ess is None else max(1.0, min(float(ess), float(num)))
     spread = float(weights.std() / weights.mean()) if num > 1 else math.inf
     return estimate, spread / math.sqrt(ess)
+
+
+class TrustRegionStep(NamedTuple):
+    """The outcome of :func:`trust_region_step`.
+
+    :ivar NewtonStep newton: the accepted step (zero if every trial was rejected).
+    :ivar float change: the importance estimate of the log-likelihood change against the
+        draws' parameters (``0`` if rejected).
+    :ivar float radius: the radius for the next iteration.
+    :ivar bool accepted: some trial was accepted.
+    """
+
+    newton: NewtonStep
+    change: float
+    radius: float
+    accepted: bool
+
+
+def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: torch.Tensor,
+                      gamma: float, radius: float, evaluate, before: torch.Tensor, *,
+                      max_speedup: float = 100.0, max_radius: float = 10.0,
+                      max_tries: int = 12) -> TrustRegionStep:
+    """The safeguarded Newton step: :func:`newton_step` within ``radius``, accepted if
+    ``evaluate(step)`` (the log joints at the draws after moving by ``step``) is finite and
+    :func:`importance_log_ratio` against ``before`` is not significantly negative (above
+    minus two standard errors); else tried again with half the radius. The radius doubles
+    (up to ``max_radius``) after an accepted step that it cut and that raised the estimate.
+
+    :param torch.Tensor gradient: the gradient (or, for Louis' acceleration of an M-step,
+        :math:`I_c` times the M-step's move).
+    :param torch.Tensor complete: :math:`I_c`.
+    :param torch.Tensor missing: :math:`I_m`.
+    :param float gamma: the stochastic-approximation step.
+    :param float radius: the current radius.
+    :param evaluate: ``evaluate(step) -> (m,)`` log joints at the draws, the parameters moved
+        by ``step`` (the caller puts them back if the result is rejected).
+    :param torch.Tensor before: the log joints at the draws' own parameters, ``(m,)``.
+    :param float max_speedup: see :func:`newton_step`.
+    :param float max_radius: the largest radius.
+    :param int max_tries: trials before giving up (a zero step).
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.em.newton import trust_region_step
+        >>> z = torch.randn(1000)
+        >>> def evaluate(step):   # log p(x, z; theta) = -(z - theta)^2 / 2 at theta = step
+        ...     return -0.5 * (z - step) ** 2
+        >>> out = trust_region_step(torch.tensor([z.mean()]), torch.eye(1), torch.zeros(1, 1),
+        ...                         1.0, 1.0, evaluate, -0.5 * z**2)
+        >>> out.accepted
+        True
+    """
+    for _ in range(max_tries):
+        step = newton_step(gradient, complete, missing, gamma, max_speedup=max_speedup,
+                           max_step=radius)
+        after = evaluate(step.step)
+        if torch.isfinite(after).all():
+            change, se = importance_log_ratio(before, after)
+            if change >= -2 * se:  # not a significant decrease (two standard errors)
+                if step.truncated and change > 0:
+                    radius = min(2 * radius, max_radius)
+                return TrustRegionStep(step, change, radius, True)
+        radius /= 2
+    zero = step._replace(step=torch.zeros_like(step.step))
+    return TrustRegionStep(zero, 0.0, radius, False)
+
+
+def flatten(leaves) -> torch.Tensor:
+    """The leaves' values, flattened and concatenated (detached copy).
+
+    :param leaves: tensors.
+    """
+    return torch.cat([leaf.detach().reshape(-1) for leaf in leaves]).clone()
+
+
+def assign_flat(leaves, flat: torch.Tensor) -> None:
+    """Copy ``flat`` into the leaves, in place (the inverse of :func:`flatten`).
+
+    :param leaves: tensors.
+    :param torch.Tensor flat: their new values, flattened.
+    """
+    with torch.no_grad():
+        offset = 0
+        for leaf in leaves:
+            leaf.copy_(flat[offset:offset + leaf.numel()].reshape(leaf.shape))
+            offset += leaf.numel()

@@ -24,18 +24,14 @@ import torch
 
 from .._checks import check_int, check_positive
 from ..gradients import MCMCGradient
-from .burn_in import trend_test
+from .burn_in import MIN_BURN_IN, burn_in_decision, warn_trending
 from .driver import Driver
 from .kernel_options import check_kernel_options
-from .newton import importance_log_ratio, louis_moments, newton_step
-from .saem import stochastic_approximation
+from .newton import assign_flat, flatten, louis_moments, trust_region_step
+from .schedules import stochastic_approximation
 
 __all__ = ["StochasticNewton"]
 
-#: the burn-in is tested from this many iterations on, over the last half of it
-MIN_BURN_IN = 20
-#: trust-region trials per iteration (the radius halves after each rejected one)
-MAX_TRIES = 12
 
 
 class StochasticNewton(Driver):
@@ -166,52 +162,33 @@ class StochasticNewton(Driver):
                 "accept_prob": draws.diagnostics["accept_prob"]}
 
     def _move(self, leaves, gradient, gamma, potential, flat, before):
-        """The trust-region step: the Newton step within the radius, accepted if the importance
-        estimate of the log-likelihood change is not significantly negative (and finite),
-        else tried again with half the radius; the radius doubles after a step that used it
-        fully and raised the likelihood. Returns the step and the estimated change."""
-        start = [leaf.detach().clone() for leaf in leaves]
-        averages = self._averages
-        for _ in range(MAX_TRIES):
-            step = newton_step(gradient, averages["complete"], averages["missing"], gamma,
-                               max_speedup=self.max_speedup, max_step=self._radius)
-            self._assign(leaves, start, step.step)
-            with torch.no_grad():
-                after = potential.log_joint(flat)
-            if torch.isfinite(after).all():
-                change, se = importance_log_ratio(before, after)
-                if change >= -2 * se:  # not a significant decrease (2 standard errors)
-                    if step.truncated and change > 0:
-                        self._radius = min(2 * self._radius, self.max_step)
-                    return step, change
-            self._radius /= 2
-        self._assign(leaves, start, torch.zeros_like(step.step))
-        return step._replace(step=torch.zeros_like(step.step)), 0.0
+        """Take :func:`~pyro_lvmle.em.newton.trust_region_step` from the current leaves."""
+        start = flatten(leaves)
 
-    @staticmethod
-    def _assign(leaves, start, step) -> None:
-        with torch.no_grad():
-            offset = 0
-            for leaf, value in zip(leaves, start, strict=True):
-                leaf.copy_(value + step[offset:offset + leaf.numel()].reshape(leaf.shape))
-                offset += leaf.numel()
+        def evaluate(step):
+            assign_flat(leaves, start + step)
+            with torch.no_grad():
+                return potential.log_joint(flat)
+
+        out = trust_region_step(gradient, self._averages["complete"],
+                                self._averages["missing"], gamma, self._radius, evaluate,
+                                before, max_speedup=self.max_speedup, max_radius=self.max_step)
+        self._radius = out.radius
+        assign_flat(leaves, start + out.newton.step)
+        return out.newton, out.change
 
     def _update_burn_in(self, leaves) -> float:
         """Record the iterate; end an automatic burn-in when the trend test passes."""
         if self._burn_in_end is not None:
             return math.nan
-        self._trajectory.append(torch.cat([leaf.detach().reshape(-1) for leaf in leaves]))
-        done = self.iteration + 1
-        if done < MIN_BURN_IN:
-            return math.nan
-        window = torch.stack(self._trajectory[-(done // 2):])
-        test = trend_test(window)
-        if not test.trending or done >= self.max_burn_in:
-            self._burn_in_end = done
+        self._trajectory.append(flatten(leaves))
+        decision = burn_in_decision(self._trajectory, self.max_burn_in)
+        if decision.ends:
+            self._burn_in_end = self.iteration + 1
             self._trajectory = []
-            if test.trending:
-                warn_trending("StochasticNewton", done, test.z)
-        return float(test.z.abs().max())
+            if decision.capped:
+                warn_trending("StochasticNewton", self._burn_in_end, decision.trend)
+        return decision.trend
 
     def _extra_state(self) -> dict:
         return {"chains": self.sampler.state_dict(), "averages": self._averages,
@@ -225,19 +202,3 @@ class StochasticNewton(Driver):
         self._burn_in_end = state["burn_in_end"]
         self._radius = float(state["radius"])
 
-
-def warn_trending(where: str, iteration: int, z: torch.Tensor) -> None:
-    """Warn that a burn-in hit its cap while the parameters still trend.
-
-    :param str where: the driver's name.
-    :param int iteration: the last burn-in iteration.
-    :param torch.Tensor z: the trend test's statistics.
-    """
-    import warnings
-
-    warnings.warn(
-        f"{where}: the burn-in hit its cap at iteration {iteration} while the parameters "
-        f"still trend (largest |z| = {float(z.abs().max()):.3g} over the last half); the "
-        "decreasing steps from here on freeze the estimate short of the maximum. Raise "
-        "max_burn_in, or use a Newton correction (StochasticNewton, or newton=True)",
-        UserWarning, stacklevel=4)
