@@ -66,10 +66,12 @@ class MCEM(Driver):
     :param int max_num_samples: cap on kept draws per chain per E-step.
     :param bool newton: follow each M-step by Louis' Newton correction
         (:func:`~pyro_lvmle.em.newton_correction.newton_correction`, moments from the same
-        draws), whose rate does not depend on the fraction of missing information
-        (default); the stopping rule then also needs the step's estimated log-likelihood
-        change below ``tol``. ``False``: plain MCEM, which creeps at that fraction per
-        iteration, and whose Q-increase is then small far from the maximum.
+        draws), whose rate does not depend on the fraction of missing information; the
+        stopping rule then also needs the step's estimated log-likelihood change below
+        ``tol``. ``False`` (default): plain MCEM, which creeps at that fraction per
+        iteration, and whose Q-increase is then small far from the maximum (see "When EM is
+        slow"). Not the default: on PPCA, whose rotation is not identified, it was no faster
+        and its stopping rule fired later.
     :param float max_speedup: the most the correction may outrun EM along any direction.
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`
         (``step_size``, ``num_steps``, ``target_accept``, ``adapt_mass``, ...).
@@ -106,7 +108,7 @@ class MCEM(Driver):
                  m_steps: int = 100, num_chains: int = 4, warmup_steps: int = 200,
                  burn_in: int = 0, thinning: int = 1, auto: bool = True, alpha: float = 0.25,
                  beta: float = 0.25, gamma: float = 0.05, tol: float = 1e-3,
-                 max_num_samples: int = 100_000, newton: bool = True,
+                 max_num_samples: int = 100_000, newton: bool = False,
                  max_speedup: float = 100.0, kernel_options: dict | None = None,
                  record_params=True):
         super().__init__(model, record_params=record_params)

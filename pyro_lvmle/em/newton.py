@@ -233,9 +233,11 @@ class TrustRegionStep(NamedTuple):
 def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: torch.Tensor,
                       gamma: float, radius: float, evaluate, before: torch.Tensor, *,
                       max_speedup: float = 100.0, max_radius: float = 10.0,
-                      max_tries: int = 12) -> TrustRegionStep:
+                      max_tries: int = 12, min_ess: float = 0.1) -> TrustRegionStep:
     """The safeguarded Newton step: :func:`newton_step` within ``radius``, accepted if
-    ``evaluate(step)`` (the log joints at the draws after moving by ``step``) is finite and
+    ``evaluate(step)`` (the log joints at the draws after moving by ``step``) is finite, the
+    importance weights are usable (their effective sample size at least ``min_ess`` of the
+    draws: the posterior did not move too far for the draws to judge the step) and
     :func:`importance_log_ratio` against ``before`` is not significantly negative (above
     minus two standard errors); else tried again with half the radius. The radius doubles
     (up to ``max_radius``) after an accepted step that it cut and that raised the estimate.
@@ -252,6 +254,7 @@ def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: t
     :param float max_speedup: see :func:`newton_step`.
     :param float max_radius: the largest radius.
     :param int max_tries: trials before giving up (a zero step).
+    :param float min_ess: the smallest effective fraction of importance weights accepted.
 
     Example::
 
@@ -271,7 +274,11 @@ def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: t
         after = evaluate(step.step)
         if torch.isfinite(after).all():
             change, se = importance_log_ratio(before, after)
-            if change >= -2 * se:  # not a significant decrease (two standard errors)
+            log_w = (after - before).detach()
+            weights = (log_w - log_w.max()).exp()
+            usable = float(weights.sum() ** 2 / (weights**2).sum()) >= min_ess * len(log_w)
+            # not a significant decrease (two standard errors), judged by usable weights
+            if usable and change >= -2 * se:
                 if step.truncated and change > 0:
                     radius = min(2 * radius, max_radius)
                 return TrustRegionStep(step, change, radius, True)

@@ -128,20 +128,21 @@ class SAEM(Driver):
                  kernel_options: dict | None = None,
                  record_params=True):
         super().__init__(model, record_params=record_params)
+        check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
+        check_int("SAEM", "max_burn_in", max_burn_in, low=min_burn_in)
         self.auto_burn_in = burn_in == "auto"
         if not self.auto_burn_in:
             check_int("SAEM", "burn_in", burn_in, low=0)
-        check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
-        check_int("SAEM", "max_burn_in", max_burn_in, low=min_burn_in)
         self.min_burn_in, self.max_burn_in = min_burn_in, max_burn_in
         check_int("SAEM", "num_chains", num_chains, low=1)
         check_int("SAEM", "num_transitions", num_transitions, low=1)
         check_int("SAEM", "warmup_steps", warmup_steps, low=0)
         check_int("SAEM", "m_steps", m_steps, low=1)
         if callable(step_size):
+            # a schedule sets the burn-in itself; burn_in then only bounds the annealing
+            # (min_burn_in, the former fixed default, if "auto")
             if self.auto_burn_in:
-                raise ValueError("SAEM: a callable step_size sets the burn-in itself; pass "
-                                 "burn_in=<iterations> with it (or an exponent as step_size)")
+                self.auto_burn_in, burn_in = False, min_burn_in
             self.step_size = step_size
         elif isinstance(step_size, (int, float)) and not isinstance(step_size, bool):
             # with burn_in="auto" the schedule is built when the burn-in ends
