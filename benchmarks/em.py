@@ -122,8 +122,8 @@ GROWTH_WITHIN = 0.01
 
 GROWTH_METHODS = {
     "StochasticNewton (defaults)": (lambda m: lv.StochasticNewton(m), 150),
-    "MCEM (defaults: Newton correction)": (lambda m: lv.MCEM(m), 40),
-    "MCEM (newton=False)": (lambda m: lv.MCEM(m, newton=False), 40),
+    "MCEM (defaults)": (lambda m: lv.MCEM(m), 40),
+    "MCEM (newton=True)": (lambda m: lv.MCEM(m, newton=True), 40),
     "SAEM (defaults)": (lambda m: lv.SAEM(m), 300),
 }
 

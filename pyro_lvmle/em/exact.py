@@ -44,7 +44,7 @@ class ExactEM(Driver):
         cycle (two EM updates, an extrapolation backtracked until the log-likelihood is at
         least that of the second update, and a stabilizing EM update; see
         :mod:`pyro_lvmle.em.squarem`), so the log-likelihood never decreases and a step costs
-        three EM updates. The metric ``em_updates`` counts them.
+        three EM updates. The metric ``em_updates`` (with SQUAREM only) counts them.
     :param int max_plate_nesting: guessed if ``None``.
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
 
@@ -132,9 +132,10 @@ class ExactEM(Driver):
         params = self.model_params(*args, **kwargs)
         before = self.posterior(*args, **kwargs).log_marginal.item()
         if self.acceleration is None:
-            after, updates = self._update(args, kwargs, params), 1
-        else:
-            after, updates = self._squarem(args, kwargs, params)
+            after = self._update(args, kwargs, params)
+            self.converged = abs(after - before) < self.tol
+            return {"log_likelihood": after, "increase": after - before}
+        after, updates = self._squarem(args, kwargs, params)
         self.converged = abs(after - before) < self.tol
         return {"log_likelihood": after, "increase": after - before, "em_updates": updates}
 

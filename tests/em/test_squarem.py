@@ -51,7 +51,7 @@ def test_squarem_climbs_faster_and_never_decreases():
     data, start = overlapping_mixture()
     _, plain = fit(data, start, None, 45)
     _, fast = fit(data, start, "squarem", 15)
-    assert sum(plain["em_updates"]) == sum(fast["em_updates"]) == 45
+    assert len(plain) == sum(fast["em_updates"]) == 45
     assert min(plain["increase"]) > -1e-9 and min(fast["increase"]) > -1e-9
     assert fast["log_likelihood"][-1] > plain["log_likelihood"][-1] + 0.1
 
@@ -68,6 +68,6 @@ def test_squarem_reaches_the_em_optimum_in_fewer_updates():
     # 1e-7 / (1 - rate) short
     assert abs(plain_history["log_likelihood"][-1] - fast_history["log_likelihood"][-1]) < 1e-4
     assert min(fast_history["increase"]) > -1e-9
-    plain_updates = sum(plain_history["em_updates"])
+    plain_updates = len(plain_history)
     fast_updates = sum(fast_history["em_updates"])
     assert fast_updates < plain_updates / 3, (fast_updates, plain_updates)
