@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import evidence, models, parallel
 from .compare import Comparison, compare
-from .em import MCEM, SAEM, ExactEM, History, VariationalEM
+from .em import MCEM, SAEM, ExactEM, History, StochasticNewton, VariationalEM
 from .evidence import Estimate, log_marginal, log_partition
 from .gradients import (
     ContrastiveDivergence,
@@ -49,6 +49,7 @@ __all__ = [
     "ParticleObjective",
     "PriorGuide",
     "SAEM",
+    "StochasticNewton",
     "TraceIWAE_ELBO",
     "TraceRWS_ELBO",
     "TraceRenyi_ELBO",

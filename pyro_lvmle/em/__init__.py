@@ -12,6 +12,8 @@ from .history import History
 from .mcem import MCEM
 from .saem import SAEM
 from .schedules import saem_step_size
+from .stochastic_newton import StochasticNewton
 from .variational import VariationalEM
 
-__all__ = ["Driver", "ExactEM", "History", "MCEM", "SAEM", "VariationalEM", "saem_step_size"]
+__all__ = ["Driver", "ExactEM", "History", "MCEM", "SAEM", "StochasticNewton", "VariationalEM",
+           "saem_step_size"]

@@ -19,6 +19,11 @@ from .._checks import check_int, check_positive
 from ..traces import EnumeratedPosterior, guess_max_plate_nesting
 from .driver import Driver
 from .m_step import check_m_step, load_optim_state, maximize
+from .newton import assign_flat, flatten
+from .squarem import squarem_alpha, squarem_point
+
+#: SQUAREM's backtracking halvings of alpha - 1 before falling back to plain EM
+MAX_BACKTRACKS = 20
 
 __all__ = ["ExactEM"]
 
@@ -35,6 +40,11 @@ class ExactEM(Driver):
         :meth:`EnumeratedPosterior.marginals <pyro_lvmle.traces.EnumeratedPosterior.marginals>`.
     :param int m_steps: L-BFGS iterations, or optimizer steps, per M-step.
     :param float tol: converged when a step raises the log-likelihood by less than this.
+    :param str acceleration: ``None`` (plain EM) or ``"squarem"``: each step is one SQUAREM
+        cycle (two EM updates, an extrapolation backtracked until the log-likelihood is at
+        least that of the second update, and a stabilizing EM update; see
+        :mod:`pyro_lvmle.em.squarem`), so the log-likelihood never decreases and a step costs
+        three EM updates. The metric ``em_updates`` (with SQUAREM only) counts them.
     :param int max_plate_nesting: guessed if ``None``.
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
 
@@ -63,7 +73,8 @@ class ExactEM(Driver):
     progress_metric = "log_likelihood"
 
     def __init__(self, model, m_step="lbfgs", *, m_steps: int = 100, tol: float = 1e-8,
-                 max_plate_nesting: int | None = None, record_params=True):
+                 acceleration: str | None = None, max_plate_nesting: int | None = None,
+                 record_params=True):
         super().__init__(model, record_params=record_params)
         self.closed_form = callable(m_step) and not isinstance(m_step, PyroOptim)
         if not self.closed_form:
@@ -71,6 +82,10 @@ class ExactEM(Driver):
         tol = check_positive("ExactEM", "tol", tol)
         if max_plate_nesting is not None:
             check_int("ExactEM", "max_plate_nesting", max_plate_nesting, low=0)
+        if acceleration not in (None, "squarem"):
+            raise ValueError(f"ExactEM: acceleration must be None or 'squarem', got "
+                             f"{acceleration!r}")
+        self.acceleration = acceleration
         self.m_step, self.m_steps, self.tol = m_step, m_steps, tol
         self.max_plate_nesting = max_plate_nesting
         self._posterior = None  # (args, kwargs, posterior) at the current parameters
@@ -102,19 +117,51 @@ class ExactEM(Driver):
         """
         return self.posterior(*args, **kwargs).log_marginal.item()
 
-    def _step(self, args, kwargs):
-        params = self.model_params(*args, **kwargs)
+    def _update(self, args, kwargs, params) -> float:
+        """One EM update from the current parameters; the log-likelihood after it."""
         posterior = self.posterior(*args, **kwargs)
-        before = posterior.log_marginal.item()
         if self.closed_form:
             self.set_params(self.m_step(posterior.marginals(), *args, **kwargs))
         else:
             maximize(posterior.expected_log_joint, params, self.m_step, m_steps=self.m_steps,
                      where="ExactEM M-step")
         self._posterior = None
-        after = self.posterior(*args, **kwargs).log_marginal.item()
+        return self.posterior(*args, **kwargs).log_marginal.item()
+
+    def _step(self, args, kwargs):
+        params = self.model_params(*args, **kwargs)
+        before = self.posterior(*args, **kwargs).log_marginal.item()
+        if self.acceleration is None:
+            after = self._update(args, kwargs, params)
+            self.converged = abs(after - before) < self.tol
+            return {"log_likelihood": after, "increase": after - before}
+        after, updates = self._squarem(args, kwargs, params)
         self.converged = abs(after - before) < self.tol
-        return {"log_likelihood": after, "increase": after - before}
+        return {"log_likelihood": after, "increase": after - before, "em_updates": updates}
+
+    def _squarem(self, args, kwargs, params) -> tuple[float, int]:
+        """One monotone SQUAREM cycle on the unconstrained parameters."""
+        theta0 = flatten(params.values())
+        self._update(args, kwargs, params)
+        theta1 = flatten(params.values())
+        second = self._update(args, kwargs, params)
+        theta2 = flatten(params.values())
+        alpha = squarem_alpha(theta0, theta1, theta2)
+        for _ in range(MAX_BACKTRACKS):
+            if alpha == -1.0:
+                break
+            assign_flat(params.values(), squarem_point(theta0, theta1, theta2, alpha))
+            self._posterior = None
+            value = self.posterior(*args, **kwargs).log_marginal.item()
+            if value >= second:  # NaN fails too
+                break
+            alpha = (alpha - 1) / 2 if alpha < -1.01 else -1.0
+        else:
+            alpha = -1.0
+        if alpha == -1.0:  # plain EM: the second update, then the stabilizing one
+            assign_flat(params.values(), theta2)
+            self._posterior = None
+        return self._update(args, kwargs, params), 3
 
     def _extra_state(self) -> dict:
         state = {"max_plate_nesting": self.max_plate_nesting}

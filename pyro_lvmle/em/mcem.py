@@ -34,6 +34,8 @@ from ..gradients import MCMCGradient
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import check_m_step, load_optim_state, maximize
+from .newton import assign_flat, flatten, louis_moments
+from .newton_correction import CorrectionState, newton_correction
 
 __all__ = ["MCEM", "AscentDecision", "AscentRule", "ascent_rule"]
 
@@ -62,13 +64,24 @@ class MCEM(Driver):
     :param float gamma: the stopping rule's risk (0.05).
     :param float tol: :math:`C`, the Q-increase below which the run has converged (0.001).
     :param int max_num_samples: cap on kept draws per chain per E-step.
+    :param bool newton: follow each M-step by Louis' Newton correction
+        (:func:`~pyro_lvmle.em.newton_correction.newton_correction`, moments from the same
+        draws), whose rate does not depend on the fraction of missing information; the
+        stopping rule then also needs the step's estimated log-likelihood change below
+        ``tol``. ``False`` (default): plain MCEM, which creeps at that fraction per
+        iteration, and whose Q-increase is then small far from the maximum (see "When EM is
+        slow"). Not the default: on PPCA, whose rotation is not identified, it was no faster
+        and its stopping rule fired later.
+    :param float max_speedup: the most the correction may outrun EM along any direction.
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`
         (``step_size``, ``num_steps``, ``target_accept``, ``adapt_mass``, ...).
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
 
     Metrics per step: ``q_increase`` and ``q_increase_se`` (:math:`\Delta\hat Q` and its
     standard error), ``num_samples`` (draws used, all chains), ``accept_prob``, ``ess``
-    (effective sample size of :math:`\Delta\hat Q`'s terms), ``converged``.
+    (effective sample size of :math:`\Delta\hat Q`'s terms), ``converged``; with ``newton``:
+    ``newton_accepted``, ``fraction_missing`` (EM's rate along its slowest direction) and
+    ``log_likelihood_change`` (importance estimate for the step).
 
     References:
 
@@ -95,9 +108,17 @@ class MCEM(Driver):
                  m_steps: int = 100, num_chains: int = 4, warmup_steps: int = 200,
                  burn_in: int = 0, thinning: int = 1, auto: bool = True, alpha: float = 0.25,
                  beta: float = 0.25, gamma: float = 0.05, tol: float = 1e-3,
-                 max_num_samples: int = 100_000, kernel_options: dict | None = None,
+                 max_num_samples: int = 100_000, newton: bool = False,
+                 max_speedup: float = 100.0, kernel_options: dict | None = None,
                  record_params=True):
         super().__init__(model, record_params=record_params)
+        if not isinstance(newton, bool):
+            raise TypeError(f"MCEM: newton must be True or False, got {newton!r}")
+        self.max_speedup = check_positive("MCEM", "max_speedup", max_speedup)
+        if self.max_speedup < 1:
+            raise ValueError(f"MCEM: max_speedup must be >= 1, got {max_speedup!r}")
+        self.newton = newton
+        self._correction = CorrectionState()
         check_m_step(m_step, m_steps, "MCEM")
         check_int("MCEM", "num_samples", num_samples, low=1)
         check_int("MCEM", "burn_in", burn_in, low=0)
@@ -163,21 +184,46 @@ class MCEM(Driver):
             potential, more, more_accept = self._draw(extra, args, kwargs)
             accept.append(more_accept)
             draws = torch.cat([draws, more], 1)
+        extra = {}
+        if self.newton:
+            extra = self._correct(params, start, potential, flat)
         if self.auto:
-            self.converged = decision.converged
+            # with the correction, EM's own Q-increase is small far from the maximum when
+            # the fraction of missing information is large: the step's estimated
+            # log-likelihood change must be small too
+            self.converged = decision.converged and (
+                not self.newton or abs(extra["log_likelihood_change"]) < self.tol)
             self.num_samples = decision.next_num_samples
         return {"q_increase": increase, "q_increase_se": se, "ess": ess,
                 "num_samples": draws.shape[0] * draws.shape[1],
-                "accept_prob": sum(accept) / len(accept), "converged": self.converged}
+                "accept_prob": sum(accept) / len(accept), "converged": self.converged,
+                **extra}
+
+    def _correct(self, params, start, potential, flat) -> dict:
+        """Louis' Newton correction of the M-step (moments at the draws' parameters)."""
+        leaves = list(params.values())
+        theta_em, theta_k = flatten(leaves), flatten(start.values())
+        assign_flat(leaves, theta_k)
+        with torch.enable_grad():
+            log_joints = potential.log_joint(flat)
+            moments = louis_moments(log_joints, leaves)
+        assign_flat(leaves, theta_em)
+        self._correction, extra = newton_correction(
+            self._correction, leaves, theta_k, moments, 1.0,
+            lambda: potential.log_joint(flat), log_joints.detach(),
+            max_speedup=self.max_speedup)
+        return extra
 
     def _extra_state(self) -> dict:
-        state = {"num_samples": self.num_samples, "chains": self.sampler.state_dict()}
+        state = {"num_samples": self.num_samples, "chains": self.sampler.state_dict(),
+                 "correction": self._correction._asdict()}
         if self.m_step != "lbfgs":
             state["optim"] = self.m_step.get_state()
         return state
 
     def _load_extra_state(self, state: dict) -> None:
         self.num_samples = int(state["num_samples"])
+        self._correction = CorrectionState(**state["correction"])
         self.sampler.load_state_dict(state["chains"])
         if "optim" in state:
             load_optim_state(self.m_step, state["optim"])

@@ -26,14 +26,18 @@ likelihood in the exponential family: the user gives the sufficient statistics
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._checks import check_callable, check_int, check_probability
 from ..gradients import MCMCGradient
+from .burn_in import MIN_BURN_IN, burn_in_decision, warn_trending
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import maximize
-from .schedules import saem_step_size
+from .newton import flatten
+from .schedules import saem_step_size, stochastic_approximation
 
 __all__ = ["SAEM", "resample", "stochastic_approximation", "update_memory"]
 
@@ -45,7 +49,11 @@ class SAEM(Driver):
     :param model: the Pyro model.
     :param kernel: the sampler, as for :class:`~pyro_lvmle.MCMCGradient` (``"hmc"``,
         ``"mala"``, ``"nuts"``, a Pyro kernel, a step function or a sampler).
-    :param int burn_in: iterations with :math:`\gamma = 1` (saemix's :math:`K_1`).
+    :param burn_in: iterations with :math:`\gamma = 1` (saemix's :math:`K_1`), or ``"auto"``
+        (default): the burn-in ends once the parameters stop trending
+        (:func:`~pyro_lvmle.em.burn_in.burn_in_decision`, tested from ``min_burn_in`` on over
+        the last half of the burn-in, as Monolix's automatic stopping does), at the latest
+        after ``max_burn_in`` iterations (with a warning if they still trend then).
     :param step_size: the decay exponent :math:`\alpha \in (\tfrac12, 1]` of
         :math:`\gamma_k = (k - K_1)^{-\alpha}` after the burn-in, or any callable
         ``iteration -> gamma`` (see :class:`~pyro_lvmle.em.saem_step_size`).
@@ -65,7 +73,7 @@ class SAEM(Driver):
         no less than ``anneal_rate`` times the previous one; this keeps the chains exploring
         while the estimates are still far off.
     :param float anneal_rate: the shrinkage bound (0.95 by default; saemix uses 0.95-0.97).
-    :param int anneal_steps: iterations with annealing; defaults to ``burn_in``.
+    :param int anneal_steps: iterations with annealing; defaults to the burn-in.
     :param float min_weight: generic form: draws whose weight falls below this are dropped;
         in :math:`[0, 1/\text{num\_chains})` (a draw's weight is at most ``1 / num_chains``,
         so a larger value would drop every past draw and SAEM would never average).
@@ -73,11 +81,19 @@ class SAEM(Driver):
         exceeded, halved by systematic resampling (unbiased for :math:`\hat Q_k`). Bounds
         the M-step's cost, at the price of a Monte Carlo error that stops shrinking at about
         that of ``max_memory / 2`` draws spread over the whole run. ``None``: no bound.
+    :param int min_burn_in: the automatic burn-in's shortest length (100, the former fixed
+        default: SAEM's burn-in iterates are noisy, and a trend test over a short window
+        misses a slow contraction).
+    :param int max_burn_in: the automatic burn-in's cap.
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`.
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
 
     Metrics per step: ``gamma``, ``log_joint`` (mean :math:`\log p(x, z_k; \theta_k)` of the
-    new draws), ``accept_prob``, ``memory`` (draws in :math:`\hat Q_k`, generic form).
+    new draws), ``accept_prob``, ``memory`` (draws in :math:`\hat Q_k`, generic form),
+    ``trend`` (the burn-in's trend statistic, ``nan`` once it ended). SAEM's rate is EM's:
+    where the fraction of missing information is close to one (a non-centered random effect
+    on a population mean) it creeps, and its decreasing steps freeze it short of the
+    maximum; :class:`~pyro_lvmle.em.StochasticNewton` does not (see "When EM is slow").
 
     References:
 
@@ -103,23 +119,35 @@ class SAEM(Driver):
 
     progress_metric = "log_joint"
 
-    def __init__(self, model, kernel="hmc", *, burn_in: int = 100, step_size=1.0,
+    def __init__(self, model, kernel="hmc", *, burn_in="auto", step_size=1.0,
                  num_chains: int = 4, num_transitions: int = 1, warmup_steps: int = 200,
                  statistics=None, m_step=None, m_steps: int = 20, anneal=(),
                  anneal_rate: float = 0.95, anneal_steps: int | None = None,
                  min_weight: float = 1e-8, max_memory: int | None = 10_000,
+                 min_burn_in: int = 100, max_burn_in: int = 500,
                  kernel_options: dict | None = None,
                  record_params=True):
         super().__init__(model, record_params=record_params)
-        check_int("SAEM", "burn_in", burn_in, low=0)
+        check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
+        check_int("SAEM", "max_burn_in", max_burn_in, low=min_burn_in)
+        self.auto_burn_in = burn_in == "auto"
+        if not self.auto_burn_in:
+            check_int("SAEM", "burn_in", burn_in, low=0)
+        self.min_burn_in, self.max_burn_in = min_burn_in, max_burn_in
         check_int("SAEM", "num_chains", num_chains, low=1)
         check_int("SAEM", "num_transitions", num_transitions, low=1)
         check_int("SAEM", "warmup_steps", warmup_steps, low=0)
         check_int("SAEM", "m_steps", m_steps, low=1)
         if callable(step_size):
+            # a schedule sets the burn-in itself; burn_in then only bounds the annealing
+            # (min_burn_in, the former fixed default, if "auto")
+            if self.auto_burn_in:
+                self.auto_burn_in, burn_in = False, min_burn_in
             self.step_size = step_size
         elif isinstance(step_size, (int, float)) and not isinstance(step_size, bool):
-            self.step_size = saem_step_size(burn_in, float(step_size))
+            # with burn_in="auto" the schedule is built when the burn-in ends
+            self.step_size = saem_step_size(0 if self.auto_burn_in else burn_in,
+                                            float(step_size))
         else:
             raise TypeError(f"SAEM: step_size must be an exponent in (0.5, 1] or a callable "
                             f"iteration -> gamma, got {step_size!r}")
@@ -151,7 +179,9 @@ class SAEM(Driver):
         self.statistics, self.closed_form = statistics, m_step
         self.m_steps = m_steps
         self.anneal, self.anneal_rate = tuple(anneal), float(anneal_rate)
-        self.anneal_steps = burn_in if anneal_steps is None else anneal_steps
+        self.anneal_steps = anneal_steps  # None: during the burn-in
+        self._burn_in_end: int | None = None if self.auto_burn_in else burn_in
+        self._trajectory: list[torch.Tensor] = []
         self.min_weight = float(min_weight)
         if max_memory is not None:
             check_int("SAEM", "max_memory", max_memory, low=2 * num_chains)
@@ -166,7 +196,7 @@ class SAEM(Driver):
         if unknown:
             raise ValueError(f"SAEM: anneal names {unknown} are not parameters of the model "
                              f"({list(params)})")
-        gamma = float(self.step_size(self.iteration + 1))
+        gamma = self._gamma(self.iteration + 1)
         if not 0 < gamma <= 1:
             raise ValueError(f"SAEM: step_size gave gamma = {gamma} at iteration "
                              f"{self.iteration + 1}; it must be in (0, 1]")
@@ -193,21 +223,52 @@ class SAEM(Driver):
             maximize(lambda: (weights * potential.log_joint(memory)).sum(), params, "lbfgs",
                      m_steps=self.m_steps, where="SAEM M-step")
             num_kept = len(memory)
-        if self.anneal and self.iteration < self.anneal_steps:
+        annealing = self._in_burn_in(self.iteration + 1) if self.anneal_steps is None \
+            else self.iteration < self.anneal_steps
+        if self.anneal and annealing:
             now = self.constrained_params()
             self.set_params({n: torch.maximum(now[n], self.anneal_rate * before[n])
                              for n in self.anneal})
+        trend = self._update_burn_in(params.values())
         return {"gamma": gamma, "log_joint": log_joint,
-                "accept_prob": diagnostics["accept_prob"], "memory": num_kept}
+                "accept_prob": diagnostics["accept_prob"], "memory": num_kept,
+                "trend": trend}
+
+    def _in_burn_in(self, iteration: int) -> bool:
+        return self._burn_in_end is None or iteration <= self._burn_in_end
+
+    def _gamma(self, iteration: int) -> float:
+        if not self.auto_burn_in:
+            return float(self.step_size(iteration))
+        if self._in_burn_in(iteration):
+            return 1.0
+        return float(self.step_size(iteration - self._burn_in_end))
+
+    def _update_burn_in(self, leaves) -> float:
+        """Record the iterate; end an automatic burn-in when the trend test passes."""
+        if self._burn_in_end is not None:
+            return math.nan
+        self._trajectory.append(flatten(leaves))
+        decision = burn_in_decision(self._trajectory, self.max_burn_in,
+                                    min_burn_in=self.min_burn_in)
+        if decision.ends:
+            self._burn_in_end = self.iteration + 1
+            self._trajectory = []
+            if decision.capped:
+                warn_trending("SAEM", self._burn_in_end, decision.trend)
+        return decision.trend
 
     def _extra_state(self) -> dict:
         return {"chains": self.sampler.state_dict(), "stats": self._stats,
-                "memory": self._memory, "weights": self._weights}
+                "memory": self._memory, "weights": self._weights,
+                "burn_in_end": self._burn_in_end, "trajectory": self._trajectory}
 
     def _load_extra_state(self, state: dict) -> None:
         self.sampler.load_state_dict(state["chains"])
         self._stats, self._memory, self._weights = (state["stats"], state["memory"],
                                                     state["weights"])
+        self._burn_in_end = state["burn_in_end"]
+        self._trajectory = list(state["trajectory"])
 
 
 def resample(rows: torch.Tensor, weights: torch.Tensor, size: int):
@@ -227,29 +288,6 @@ def resample(rows: torch.Tensor, weights: torch.Tensor, size: int):
          + torch.arange(size, dtype=weights.dtype, device=weights.device)) / size
     index = torch.searchsorted(cdf, u).clamp(max=len(weights) - 1)
     return rows[index], (total / size).expand(size).clone()
-
-
-def stochastic_approximation(previous: dict | None, new: dict, gamma: float) -> dict:
-    r"""SAEM's update of averaged sufficient statistics, a pure function:
-    :math:`s_k = s_{k-1} + \gamma_k (S(z_k) - s_{k-1})` (the first call returns ``new``).
-
-    :param dict previous: :math:`s_{k-1}` by name, or ``None`` before the first iteration.
-    :param dict new: :math:`S(z_k)`, the new draws' statistics (averaged over chains).
-    :param float gamma: :math:`\gamma_k \in (0, 1]`.
-
-    Example::
-
-        >>> import torch
-        >>> from pyro_lvmle.em.saem import stochastic_approximation
-        >>> stochastic_approximation({"s": torch.tensor(1.0)}, {"s": torch.tensor(3.0)}, 0.5)
-        {'s': tensor(2.)}
-    """
-    if previous is None:
-        return dict(new)
-    if previous.keys() != new.keys():
-        raise ValueError(f"SAEM: statistics changed names from {sorted(previous)} to "
-                         f"{sorted(new)}; statistics() must return the same keys every time")
-    return {k: s + gamma * (new[k] - s) for k, s in previous.items()}
 
 
 def update_memory(memory: torch.Tensor | None, weights: torch.Tensor | None,

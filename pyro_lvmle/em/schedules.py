@@ -1,4 +1,5 @@
-"""Step-size schedules of stochastic approximation: plain callables ``iteration -> gamma``."""
+"""Stochastic approximation: step-size schedules (plain callables ``iteration -> gamma``) and
+the averaging update they drive."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numbers
 
 from .._checks import check_int
 
-__all__ = ["saem_step_size"]
+__all__ = ["saem_step_size", "stochastic_approximation"]
 
 
 class saem_step_size:  # noqa: N801 -- a schedule is used like a function, as optax's are
@@ -46,3 +47,26 @@ class saem_step_size:  # noqa: N801 -- a schedule is used like a function, as op
         if iteration <= self.burn_in:
             return 1.0
         return float((iteration - self.burn_in) ** -self.alpha)
+
+
+def stochastic_approximation(previous: dict | None, new: dict, gamma: float) -> dict:
+    r"""SAEM's update of averaged sufficient statistics, a pure function:
+    :math:`s_k = s_{k-1} + \gamma_k (S(z_k) - s_{k-1})` (the first call returns ``new``).
+
+    :param dict previous: :math:`s_{k-1}` by name, or ``None`` before the first iteration.
+    :param dict new: :math:`S(z_k)`, the new draws' statistics (averaged over chains).
+    :param float gamma: :math:`\gamma_k \in (0, 1]`.
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.em.schedules import stochastic_approximation
+        >>> stochastic_approximation({"s": torch.tensor(1.0)}, {"s": torch.tensor(3.0)}, 0.5)
+        {'s': tensor(2.)}
+    """
+    if previous is None:
+        return dict(new)
+    if previous.keys() != new.keys():
+        raise ValueError(f"SAEM: statistics changed names from {sorted(previous)} to "
+                         f"{sorted(new)}; statistics() must return the same keys every time")
+    return {k: s + gamma * (new[k] - s) for k, s in previous.items()}

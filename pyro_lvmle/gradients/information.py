@@ -22,11 +22,12 @@ from typing import NamedTuple
 import pyro.poutine as poutine
 import torch
 
+from .._checks import check_int
 from ..traces import Potential
 from ..traces.particles import guess_max_plate_nesting
 from .fisher import MCMCGradient, empty_guide
 
-__all__ = ["ObservedInformation", "observed_information", "standard_errors"]
+__all__ = ["ObservedInformation", "louis_terms", "observed_information", "standard_errors"]
 
 
 class ObservedInformation(NamedTuple):
@@ -37,6 +38,10 @@ class ObservedInformation(NamedTuple):
     :ivar torch.Tensor missing: :math:`\\operatorname{Cov}[\\nabla \\log p(x, z)]`.
     :ivar dict layout: parameter name to ``(offset, shape)`` in the flat vector.
     :ivar int num_samples: posterior samples used.
+    :ivar torch.Tensor batch_matrices: the observed information without each of ``B``
+        consecutive batches of the samples (groups of chains, for
+        :attr:`MCMCGradient.samples <pyro_lvmle.MCMCGradient.samples>`), ``(B, P, P)``: the
+        jackknife behind :meth:`standard_errors_mc`; ``None`` with too few samples.
     """
 
     matrix: torch.Tensor
@@ -44,11 +49,14 @@ class ObservedInformation(NamedTuple):
     missing: torch.Tensor
     layout: dict
     num_samples: int
+    batch_matrices: torch.Tensor | None = None
 
     def covariance(self) -> torch.Tensor:
         """The inverse of the observed information: the MLE's asymptotic covariance.
 
-        :raises ValueError: if the information is not positive definite.
+        :raises ValueError: if the information is not positive definite; the message gives
+            the Monte Carlo error of its smallest eigenvalue (relative to the complete
+            information) and about how many draws would make it reliably positive.
         """
         try:
             chol = torch.linalg.cholesky(self.matrix)
@@ -56,14 +64,75 @@ class ObservedInformation(NamedTuple):
             raise ValueError(
                 "observed information is not positive definite: the parameters are not at a "
                 "maximum of the likelihood, a parameter is not identified, or too few "
-                "posterior samples were used"
+                f"posterior samples were used{self._eigenvalue_advice()}"
             ) from None
         return torch.cholesky_inverse(chol)
 
+    def _eigenvalue_advice(self) -> str:
+        if self.batch_matrices is None:
+            return ""
+        values = torch.stack([_relative_min_eigenvalue(m, self.complete)
+                              for m in self.batch_matrices])
+        num = len(values)
+        se = float(((num - 1) / num * ((values - values.mean()) ** 2).sum()).sqrt())
+        full = float(_relative_min_eigenvalue(self.matrix, self.complete))
+        # the error shrinks as 1/sqrt(draws); reliable when the eigenvalue (1 minus the
+        # largest fraction of missing information) is 4 errors above 0. Its true value is
+        # unknown here, so the estimate assumes at least the error itself.
+        needed = self.num_samples * (4 * se / max(full, se)) ** 2 if se > 0 else math.inf
+        return (f" (with {self.num_samples} draws, the smallest eigenvalue of the information "
+                f"relative to the complete information is {full:.3g} with Monte Carlo error "
+                f"{se:.2g}, by a jackknife over {num} batches of chains: about "
+                f"{max(needed, 4 * self.num_samples):.3g} draws would make it reliable, if "
+                "the parameters are at a maximum)")
+
     def standard_errors(self) -> dict[str, torch.Tensor]:
         """Standard errors per parameter, in each parameter's shape."""
-        se = self.covariance().diagonal().sqrt()
-        return {name: se[offset:offset + math.prod(shape)].reshape(shape)
+        return self._unflatten(self.covariance().diagonal().sqrt())
+
+    def standard_errors_mc(self) -> dict[str, torch.Tensor]:
+        r"""The Monte Carlo error of each of :meth:`standard_errors`, by a jackknife over the
+        batches of samples (:attr:`batch_matrices`): with :math:`\widehat{se}_{-b}` the
+        standard errors without batch :math:`b`,
+
+        .. math::
+
+            \operatorname{mc}(\widehat{se}) = \Big(\frac{B-1}{B} \sum_b
+                (\widehat{se}_{-b} - \overline{\widehat{se}})^2\Big)^{1/2}.
+
+        Infinite where a batch's information is not positive definite; ``inf`` throughout
+        without batches.
+        """
+        if self.batch_matrices is None:
+            return self._unflatten(torch.full_like(self.matrix.diagonal(), math.inf))
+        rows = []
+        for matrix in self.batch_matrices:
+            try:
+                rows.append(torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+                            .diagonal().sqrt())
+            except torch.linalg.LinAlgError:
+                return self._unflatten(torch.full_like(self.matrix.diagonal(), math.inf))
+        values = torch.stack(rows)
+        num = len(values)
+        return self._unflatten(((num - 1) / num * ((values - values.mean(0)) ** 2).sum(0))
+                               .sqrt())
+
+    def draws_needed(self, relative: float = 0.1) -> int:
+        """About how many posterior draws would bring every standard error's Monte Carlo
+        error (:meth:`standard_errors_mc`) below ``relative`` times the standard error (the
+        error shrinks as one over the square root of the draws).
+
+        :param float relative: the target relative error.
+        """
+        se = torch.cat([v.reshape(-1) for v in self.standard_errors().values()])
+        mc = torch.cat([v.reshape(-1) for v in self.standard_errors_mc().values()])
+        worst = float((mc / se).max())
+        if not math.isfinite(worst):
+            return 4 * self.num_samples
+        return max(self.num_samples, math.ceil(self.num_samples * (worst / relative) ** 2))
+
+    def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: flat[offset:offset + math.prod(shape)].reshape(shape)
                 for name, (offset, shape) in self.layout.items()}
 
     @property
@@ -76,7 +145,7 @@ class ObservedInformation(NamedTuple):
 def observed_information(model, *args, samples: dict | None = None, num_samples: int = 4000,
                          kernel="hmc", num_chains: int = 32, warmup_steps: int = 200,
                          thinning: int = 1, max_plate_nesting: int | None = None,
-                         **kwargs) -> ObservedInformation:
+                         num_batches: int = 8, **kwargs) -> ObservedInformation:
     r"""The observed information of the model's parameters by Louis' identity.
 
     Derivatives are taken with respect to the parameters' constrained values (so the
@@ -94,6 +163,11 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
     :param int warmup_steps: warm-up transitions then.
     :param int thinning: transitions between kept draws then.
     :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
+    :param int num_batches: consecutive batches of the samples for the jackknife Monte Carlo
+        errors (:meth:`ObservedInformation.standard_errors_mc`); with draws of
+        :class:`~pyro_lvmle.MCMCGradient` (chain after chain), batches of whole chains when
+        it divides ``num_chains`` (the default 8 divides 32). Fewer than two, or fewer than
+        two samples per batch: no jackknife.
     :param kwargs: the model's keyword arguments.
 
     Example::
@@ -108,6 +182,7 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
         >>> sorted(info.standard_errors())
         ['sigma', 'w']
     """
+    check_int("observed_information", "num_batches", num_batches, low=1)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, empty_guide, args, kwargs)
     if samples is None:
@@ -147,33 +222,119 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
                              f"{missing_sites}; pass every continuous latent site")
         positions = potential.pack({name: samples[name].detach() for name in
                                     (site.name for site in potential.sites)})
-        log_joint = potential.log_joint(positions)  # (S,)
-        if not torch.isfinite(log_joint).all():
-            raise ValueError("observed_information: log p(x, z) is not finite at some samples")
-        weights = torch.ones_like(log_joint, requires_grad=True)
-        (grad_sum,) = torch.autograd.grad(log_joint, theta, grad_outputs=weights,
-                                          create_graph=True)
-        per_sample, hessian = [], []
-        for p in range(theta.numel()):
-            g_p, h_p = torch.autograd.grad(grad_sum[p], (weights, theta), retain_graph=True,
-                                           allow_unused=True)
-            per_sample.append(torch.zeros_like(log_joint) if g_p is None else g_p)
-            hessian.append(torch.zeros_like(theta) if h_p is None else h_p)
-    num = log_joint.shape[0]
-    grads = torch.stack(per_sample, -1).detach()  # (S, P)
-    complete = -torch.stack(hessian).detach() / num
+        num = positions.shape[0]
+        bounds = torch.linspace(0, num, num_batches + 1).round().long().tolist() \
+            if num >= 2 * num_batches and num_batches >= 2 else [0, num]
+        parts = []
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):  # one graph per batch
+            log_joint = potential.log_joint(positions[lo:hi])
+            if not torch.isfinite(log_joint).all():
+                raise ValueError("observed_information: log p(x, z) is not finite at some "
+                                 "samples")
+            parts.append(louis_terms(log_joint, [theta]))
+    sizes = torch.tensor([hi - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)],
+                         dtype=positions.dtype)
+    grads = torch.cat([g for g, _ in parts])
+    completes = torch.stack([c for _, c in parts])  # (B, P, P), batch means
+    complete = (sizes[:, None, None] * completes).sum(0) / num
+    matrix, missing = _information(grads, complete)
+    batch_matrices = None
+    if len(parts) > 1:
+        batch_matrices = torch.stack([
+            _information(torch.cat([g for j, (g, _) in enumerate(parts) if j != b]),
+                         ((sizes[:, None, None] * completes).sum(0)
+                          - sizes[b] * completes[b]) / (num - sizes[b]))[0]
+            for b in range(len(parts))])
+    return ObservedInformation(matrix, complete, missing, layout, num, batch_matrices)
+
+
+def _information(grads, complete):
     centred = grads - grads.mean(0)
-    missing = centred.T @ centred / num
-    complete = 0.5 * (complete + complete.T)
-    return ObservedInformation(complete - missing, complete, missing, layout, num)
+    missing = centred.T @ centred / grads.shape[0]
+    return complete - missing, missing
 
 
-def standard_errors(model, *args, **kwargs) -> dict[str, torch.Tensor]:
+def _relative_min_eigenvalue(matrix, complete):
+    """The smallest eigenvalue of ``L^-1 matrix L^-T`` for ``complete = L L^T`` (1 minus the
+    largest fraction of missing information); that of ``matrix`` scaled by the diagonal if
+    ``complete`` is not positive definite."""
+    try:
+        chol = torch.linalg.cholesky(complete)
+    except torch.linalg.LinAlgError:
+        chol = torch.diag(complete.diagonal().abs().sqrt())
+    half = torch.linalg.solve_triangular(chol, matrix, upper=False)
+    whitened = torch.linalg.solve_triangular(chol, half.mT, upper=False)
+    return torch.linalg.eigvalsh(0.5 * (whitened + whitened.mT)).min()
+
+
+def louis_terms(log_joint: torch.Tensor, leaves) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The two ingredients of Louis' identity from ``S`` draws: the per-draw complete-data
+    scores and the mean complete-data information,
+
+    .. math::
+
+        s_j = \nabla_\theta \log p(x, z_j; \theta), \qquad
+        \bar I_c = -\frac1S \sum_j \nabla^2_\theta \log p(x, z_j; \theta),
+
+    by one backward pass for the scores (the weights trick) and one per parameter
+    coordinate for the Hessian.
+
+    :param torch.Tensor log_joint: ``(S,)`` values of :math:`\log p(x, z_j; \theta)`, built
+        with a graph to the ``leaves``.
+    :param leaves: the parameter tensors :math:`\theta` (flattened and concatenated in order).
+    :returns: the scores ``(S, P)`` and :math:`\bar I_c` ``(P, P)``, symmetrized, detached.
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.gradients.information import louis_terms
+        >>> theta = torch.tensor([0.5], requires_grad=True)
+        >>> z = torch.tensor([0.0, 1.0])
+        >>> scores, complete = louis_terms(-0.5 * (z - theta) ** 2, [theta])
+        >>> scores[:, 0], complete
+        (tensor([-0.5000,  0.5000]), tensor([[1.]]))
+    """
+    leaves = list(leaves)
+    with torch.enable_grad():
+        weights = torch.ones_like(log_joint, requires_grad=True)
+        firsts = torch.autograd.grad(log_joint, leaves, grad_outputs=weights, create_graph=True,
+                                     allow_unused=True)
+        grad_sum = torch.cat([(torch.zeros_like(leaf) if g is None else g).reshape(-1)
+                              for leaf, g in zip(leaves, firsts, strict=True)])
+        per_sample, hessian = [], []
+        for p in range(grad_sum.numel()):
+            if not grad_sum[p].requires_grad:  # the parameter does not enter log p
+                per_sample.append(torch.zeros_like(log_joint))
+                hessian.append(torch.zeros_like(grad_sum))
+                continue
+            g_p, *h_p = torch.autograd.grad(grad_sum[p], [weights, *leaves], retain_graph=True,
+                                            allow_unused=True)
+            per_sample.append(torch.zeros_like(log_joint) if g_p is None else g_p)
+            hessian.append(torch.cat([(torch.zeros_like(leaf) if h is None else h).reshape(-1)
+                                      for leaf, h in zip(leaves, h_p, strict=True)]))
+    grads = torch.stack(per_sample, -1).detach()  # (S, P)
+    complete = -torch.stack(hessian).detach() / log_joint.shape[0]
+    return grads, 0.5 * (complete + complete.T)
+
+
+def standard_errors(model, *args, return_mc_error: bool = False, **kwargs):
     """Standard errors of the model's parameters at their current values (the MLE) by Louis'
     identity: :func:`observed_information` (same arguments), inverted.
 
+    With few draws and a large fraction of missing information (a non-centered random
+    effect on a population mean), Louis' estimate is noisy: check its Monte Carlo error
+    (``return_mc_error=True``, or :meth:`ObservedInformation.standard_errors_mc` and
+    :meth:`ObservedInformation.draws_needed`). When the information is not positive definite
+    the error says how many draws would make it reliable.
+
     :param model: the Pyro model.
     :param args: its arguments.
+    :param bool return_mc_error: also return each standard error's Monte Carlo error
+        (jackknife over batches of chains).
     :param kwargs: :func:`observed_information`'s keywords and the model's.
+    :returns: ``{name: se}``, or ``({name: se}, {name: Monte Carlo error})``.
     """
-    return observed_information(model, *args, **kwargs).standard_errors()
+    info = observed_information(model, *args, **kwargs)
+    if return_mc_error:
+        return info.standard_errors(), info.standard_errors_mc()
+    return info.standard_errors()

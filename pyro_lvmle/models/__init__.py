@@ -7,6 +7,7 @@ line use them to measure every estimator of the package against the truth.
 
 from .base import ReferenceModel
 from .linear_gaussian import LinearGaussian
+from .logistic_growth import LogisticGrowth
 from .mixture import GaussianMixture
 from .nmixture import NMixture
 from .ppca import PPCA
@@ -16,6 +17,7 @@ from .theophylline import PKData, Theophylline, load_theophylline
 __all__ = [
     "GaussianMixture",
     "LinearGaussian",
+    "LogisticGrowth",
     "NMixture",
     "PKData",
     "PPCA",

@@ -32,14 +32,25 @@ def make(name, model):
     if name == "saem":
         # 50 warm-up steps: with 20, MALA's step size is not adapted yet and the chains freeze
         return lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=50, m_steps=10)
+    if name == "saem_auto":  # the automatic burn-in's trajectory is part of the state
+        return lv.SAEM(model, "mala", num_chains=3, warmup_steps=50, m_steps=10,
+                       min_burn_in=20)
+    if name == "mcem_newton":
+        return lv.MCEM(model, "hmc", num_samples=4, num_chains=3, warmup_steps=20, m_steps=20,
+                       newton=True)
+    if name == "newton":
+        return lv.StochasticNewton(model, num_samples=4, num_chains=3, warmup_steps=20)
     if name == "vem":
         return lv.VariationalEM(model, AutoNormal(model), e_steps=3, m_steps=2)
     if name == "exact_adam":
         return lv.ExactEM(model, pyro.optim.Adam({"lr": 0.05}), m_steps=3)
+    if name == "exact_squarem":
+        return lv.ExactEM(model, m_steps=5, acceleration="squarem")
     raise ValueError(name)
 
 
-DRIVERS = ["mcem", "mcem_nuts", "saem", "vem", "exact_adam"]
+DRIVERS = ["mcem", "mcem_nuts", "saem", "saem_auto", "mcem_newton", "newton", "vem",
+           "exact_adam", "exact_squarem"]
 
 
 def setup(name):

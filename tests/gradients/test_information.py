@@ -75,3 +75,64 @@ def test_bad_input():
     broken = info._replace(matrix=-info.matrix)
     with pytest.raises(ValueError, match="not positive definite"):
         broken.standard_errors()
+
+
+def exact_standard_errors(model, data, layout):
+    """Inverse Hessian of a reference model's exact log-likelihood, flat in ``layout``."""
+    p = {n: v.detach() for n, v in model.params().items()}
+    theta = torch.cat([p[name].reshape(-1) for name in layout])
+
+    def log_likelihood(flat):
+        return model.log_marginal(data, {name: flat[o:o + max(1, int(torch.tensor(s).prod()))]
+                                         .reshape(s) for name, (o, s) in layout.items()})
+
+    return torch.linalg.inv(-torch.autograd.functional.hessian(log_likelihood, theta)) \
+        .diagonal().sqrt()
+
+
+def assert_covered(info, exact):
+    """Each Louis SE within four of its reported Monte Carlo errors of the exact one."""
+    se = torch.cat([v.reshape(-1) for v in info.standard_errors().values()])
+    mc = torch.cat([v.reshape(-1) for v in info.standard_errors_mc().values()])
+    assert torch.isfinite(mc).all() and (mc > 0).all(), mc
+    assert ((se - exact).abs() <= 4 * mc).all(), (se, exact, mc)
+    return se, mc
+
+
+def test_monte_carlo_errors_cover_the_linear_gaussian_standard_errors():
+    model, data = fitted_linear_gaussian()
+    info = lv.observed_information(model, data, num_samples=4000)
+    assert info.batch_matrices.shape == (8, 3, 3)
+    exact = exact_standard_errors(model, data, info.layout)
+    se, mc = assert_covered(info, exact)
+    assert info.draws_needed(relative=float((mc / se).max()) / 2) > 3 * 4000
+    # control: the complete information alone (EM's curvature) is far outside the errors
+    wrong = torch.linalg.inv(info.complete).diagonal().sqrt()
+    assert ((wrong - exact).abs() > 4 * mc).any()
+
+
+@pytest.mark.integration
+def test_monte_carlo_errors_cover_the_logistic_growth_standard_errors():
+    """Non-centered, fraction missing ~0.95: 4000 draws may leave the information not
+    positive definite; the error then says how many draws would do, and with those the
+    reported errors cover the exact standard errors."""
+    import pyro
+
+    pyro.set_rng_seed(0)
+    model = lv.models.LogisticGrowth()
+    data = model.simulate(6, params=model.truth)
+    model.set_params(model.mle(data))
+    num_samples = 4000
+    while True:
+        info = lv.observed_information(model, data, num_samples=num_samples)
+        try:
+            mc = info.standard_errors_mc()
+        except ValueError as error:  # the full information is not positive definite
+            assert "draws would make it reliable" in str(error)
+            mc = None
+        if mc is not None and all(torch.isfinite(v).all() for v in mc.values()):
+            break
+        assert num_samples < 64000, "not reliable with 64000 draws"
+        num_samples *= 4  # what draws_needed() and the error ask for when not reliable
+    exact = exact_standard_errors(model, data, info.layout)
+    assert_covered(info, exact)
