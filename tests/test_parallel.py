@@ -38,9 +38,11 @@ def _entry(rank, fn, world_size, directory, args):
         result = fn(rank, world_size, *args)
     except Exception as error:  # reported to the test, which checks every rank's error
         result = {"error": f"{type(error).__name__}: {error}"}
-    finally:
-        distributed.destroy_process_group()
     torch.save(result, os.path.join(directory, f"rank{rank}.pt"))
+    # every rank done with its collectives before any tears the group down: a rank that
+    # leaves while a peer still reads from it makes gloo abort that peer
+    distributed.barrier()
+    distributed.destroy_process_group()
 
 
 def launch(fn, tmp_path, *args, world_size=2):
