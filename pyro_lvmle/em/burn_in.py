@@ -28,7 +28,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["BurnInDecision", "TrendTest", "burn_in_decision", "trend_test", "warn_trending"]
+__all__ = ["BurnInDecision", "TrendTest", "burn_in_decision", "record_burn_in", "trend_test",
+           "warn_trending"]
 
 #: the burn-in is tested from this many iterations on, over the last half of it
 MIN_BURN_IN = 20
@@ -115,16 +116,49 @@ def burn_in_decision(trajectory: list, max_burn_in: int, *, min_burn_in: int = M
     return BurnInDecision(not test.trending or capped, capped, float(test.z.abs().max()))
 
 
-def warn_trending(where: str, iteration: int, trend: float) -> None:
+def record_burn_in(where: str, trajectory: list, iterate: torch.Tensor, iteration: int,
+                   max_burn_in: int, *, min_burn_in: int = MIN_BURN_IN
+                   ) -> tuple[int | None, list, float]:
+    """One iteration of an automatic burn-in, as every stochastic driver keeps it: add the
+    iterate to the trajectory and apply :func:`burn_in_decision` (warning at a capped end).
+
+    :param str where: the driver's name, for the warning.
+    :param list trajectory: the burn-in's iterates so far (not modified).
+    :param torch.Tensor iterate: this iteration's flat parameters.
+    :param int iteration: the driver's iteration count before this step.
+    :param int max_burn_in: the cap.
+    :param int min_burn_in: the shortest burn-in.
+    :returns: ``(end, trajectory, trend)``: the burn-in's last iteration (``iteration + 1``)
+        if it ends now, else ``None``; the trajectory to keep (emptied once it ends); the
+        trend test's largest :math:`|z|`.
+
+    Example::
+
+        >>> import torch
+        >>> end, kept, _ = record_burn_in("SAEM", [], torch.zeros(2), 0, 300)
+        >>> end, len(kept)
+        (None, 1)
+    """
+    trajectory = [*trajectory, iterate]
+    decision = burn_in_decision(trajectory, max_burn_in, min_burn_in=min_burn_in)
+    if not decision.ends:
+        return None, trajectory, decision.trend
+    if decision.capped:
+        warn_trending(where, iteration + 1, decision.trend, stacklevel=5)
+    return iteration + 1, [], decision.trend
+
+
+def warn_trending(where: str, iteration: int, trend: float, *, stacklevel: int = 4) -> None:
     """Warn that a burn-in hit its cap while the parameters still trend.
 
     :param str where: the driver's name.
     :param int iteration: the last burn-in iteration.
     :param float trend: the trend test's largest :math:`|z|`.
+    :param int stacklevel: passed to :func:`warnings.warn`.
     """
     warnings.warn(
         f"{where}: the burn-in hit its cap at iteration {iteration} while the parameters "
         f"still trend (largest |z| = {trend:.3g} over the last half); the decreasing steps "
         "from here on freeze the estimate short of the maximum. Raise max_burn_in, or use "
         "the Newton correction (newton=True) or StochasticNewton",
-        UserWarning, stacklevel=4)
+        UserWarning, stacklevel=stacklevel)

@@ -32,7 +32,7 @@ import torch
 
 from .._checks import check_callable, check_int, check_probability
 from ..gradients import MCMCGradient
-from .burn_in import MIN_BURN_IN, burn_in_decision, warn_trending
+from .burn_in import MIN_BURN_IN, record_burn_in
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import maximize
@@ -248,15 +248,10 @@ class SAEM(Driver):
         """Record the iterate; end an automatic burn-in when the trend test passes."""
         if self._burn_in_end is not None:
             return math.nan
-        self._trajectory.append(flatten(leaves))
-        decision = burn_in_decision(self._trajectory, self.max_burn_in,
-                                    min_burn_in=self.min_burn_in)
-        if decision.ends:
-            self._burn_in_end = self.iteration + 1
-            self._trajectory = []
-            if decision.capped:
-                warn_trending("SAEM", self._burn_in_end, decision.trend)
-        return decision.trend
+        self._burn_in_end, self._trajectory, trend = record_burn_in(
+            "SAEM", self._trajectory, flatten(leaves), self.iteration, self.max_burn_in,
+            min_burn_in=self.min_burn_in)
+        return trend
 
     def _extra_state(self) -> dict:
         return {"chains": self.sampler.state_dict(), "stats": self._stats,

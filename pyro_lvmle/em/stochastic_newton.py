@@ -24,7 +24,7 @@ import torch
 
 from .._checks import check_int, check_positive
 from ..gradients import MCMCGradient
-from .burn_in import MIN_BURN_IN, burn_in_decision, warn_trending
+from .burn_in import MIN_BURN_IN, record_burn_in
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .newton import assign_flat, flatten, louis_moments, trust_region_step
@@ -181,14 +181,9 @@ class StochasticNewton(Driver):
         """Record the iterate; end an automatic burn-in when the trend test passes."""
         if self._burn_in_end is not None:
             return math.nan
-        self._trajectory.append(flatten(leaves))
-        decision = burn_in_decision(self._trajectory, self.max_burn_in)
-        if decision.ends:
-            self._burn_in_end = self.iteration + 1
-            self._trajectory = []
-            if decision.capped:
-                warn_trending("StochasticNewton", self._burn_in_end, decision.trend)
-        return decision.trend
+        self._burn_in_end, self._trajectory, trend = record_burn_in(
+            "StochasticNewton", self._trajectory, flatten(leaves), self.iteration, self.max_burn_in)
+        return trend
 
     def _extra_state(self) -> dict:
         return {"chains": self.sampler.state_dict(), "averages": self._averages,

@@ -2,9 +2,10 @@
 and it flags the slow geometric approach of EM with a large fraction of missing information
 (the planted case: a burn-in that would end too early)."""
 
+import pytest
 import torch
 
-from pyro_lvmle.em.burn_in import trend_test
+from pyro_lvmle.em.burn_in import MIN_BURN_IN, record_burn_in, trend_test
 
 
 def ar1(rate, start, length, noise=1.0):
@@ -28,3 +29,21 @@ def test_slow_contraction_trends():
     assert trend_test(slow).trending
     fast = ar1(0.0, torch.tensor(200.0), 50)
     assert not trend_test(fast).trending
+
+
+def _run_burn_in(path, max_burn_in):
+    end, trajectory, iteration = None, [], 0
+    while end is None:
+        end, trajectory, _ = record_burn_in("SAEM", trajectory, path[iteration], iteration,
+                                            max_burn_in)
+        iteration += 1
+    return end
+
+
+def test_record_burn_in_ends_on_noise_and_warns_at_the_cap_while_trending():
+    """Stationary iterates end the burn-in at its shortest length, silently; a slow
+    contraction runs to the cap, where the user is warned with the driver's name."""
+    torch.manual_seed(0)
+    assert _run_burn_in(torch.randn(300, 2), 200) == MIN_BURN_IN
+    with pytest.warns(UserWarning, match="SAEM: the burn-in hit its cap at iteration 60"):
+        assert _run_burn_in(ar1(0.98, torch.tensor(200.0), 300), 60) == 60
