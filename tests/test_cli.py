@@ -40,6 +40,16 @@ def test_options_without_the_command_and_a_subset_of_methods(capsys, tmp_path):
     assert "ppca" in out and "MCEM" in out and "IWAE" not in out
 
 
+def test_a_budget_of_model_evaluations(capsys, tmp_path):
+    argv = ["--methods", "elbo,iwae", "--budget", "60", "--max-evaluations", "3",
+            "--eval-every", "1", "--num-data", "20", "--output", str(tmp_path)]
+    assert cli.main(argv) == 0
+    with open(tmp_path / "comparison.csv") as file:
+        rows = {row["method"]: row for row in csv.DictReader(file)}
+    assert all(int(row["model_evaluations"]) >= 3 for row in rows.values())
+    assert int(rows["Trace_ELBO (Pyro), AutoNormal"]["steps"]) == 3
+
+
 def test_gmm_uses_enumeration_and_exact_em(capsys, tmp_path):
     assert cli.main(["--model", "gmm", *TINY, "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
