@@ -87,3 +87,14 @@ def test_help_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "pyro_lvmle.cli", "--help"],
                             capture_output=True, text=True, check=True)
     assert "compare" in result.stdout
+
+
+def test_compare_runs_on_each_device(capsys, tmp_path, device):
+    argv = ["compare", "--methods", "elbo,iwae,mcem", *TINY, "--device", device.type,
+            "--output", str(tmp_path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f", {device.type})" in out
+    assert "failed" not in out
+    with open(tmp_path / "comparison.csv") as file:
+        assert len(list(csv.DictReader(file))) == 3

@@ -213,3 +213,15 @@ def test_theophylline_at_its_mle_ais_and_is_agree_with_quadrature():
     assert _within(lv.log_marginal(model, data, method="is", num_samples=50_000), exact)
     assert _within(lv.log_marginal(model, data, method="ais", num_samples=100, num_betas=300,
                                    num_steps=10), exact)
+
+
+def test_estimates_follow_the_data_to_its_device(device):
+    model = lv.models.LinearGaussian(dim=2)
+    x = model.simulate(6).to(device)
+    exact = float(model.log_marginal(x).detach())
+    for method, settings in (("is", {"num_samples": 2000}),
+                             ("ais", {"num_samples": 50, "num_betas": 40})):
+        estimate = lv.log_marginal(model, x, method=method, **settings)
+        assert estimate.value.device.type == device.type
+        assert estimate.per_datum.device.type == device.type
+        assert _within(estimate, exact)
