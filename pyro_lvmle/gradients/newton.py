@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..gradients.information import louis_terms
+from .information import louis_terms
 
 __all__ = ["LouisMoments", "NewtonStep", "TrustRegionStep", "importance_log_ratio",
            "assign_flat", "flatten", "louis_moments", "newton_step",
@@ -82,7 +82,7 @@ def louis_moments(log_joint: torch.Tensor, leaves, ess: float | None = None) -> 
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import louis_moments
+        >>> from pyro_lvmle.gradients.newton import louis_moments
         >>> theta = torch.tensor([0.0], requires_grad=True)
         >>> z = torch.tensor([-1.0, 1.0, 2.0])
         >>> louis_moments(-0.5 * (z - theta) ** 2, [theta]).gradient
@@ -150,7 +150,7 @@ def newton_step(gradient: torch.Tensor, complete: torch.Tensor, missing: torch.T
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import newton_step
+        >>> from pyro_lvmle.gradients.newton import newton_step
         >>> g, complete = torch.tensor([1.0]), torch.tensor([[10.0]])
         >>> newton_step(g, complete, torch.tensor([[9.0]])).step   # EM would move 0.1
         tensor([1.])
@@ -200,7 +200,7 @@ def importance_log_ratio(before: torch.Tensor, after: torch.Tensor,
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import importance_log_ratio
+        >>> from pyro_lvmle.gradients.newton import importance_log_ratio
         >>> importance_log_ratio(torch.zeros(4), torch.full((4,), 0.5))
         (0.5, 0.0)
     """
@@ -259,7 +259,7 @@ def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: t
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import trust_region_step
+        >>> from pyro_lvmle.gradients.newton import trust_region_step
         >>> z = torch.randn(1000)
         >>> def evaluate(step):   # log p(x, z; theta) = -(z - theta)^2 / 2 at theta = step
         ...     return -0.5 * (z - step) ** 2
