@@ -219,16 +219,16 @@ class MCMCGradient(ChainLoss):
         :param guide: ignored (pass :func:`empty_guide`).
         """
         draws = self.draw(model, args, kwargs)
-        log_joint, params = call_with_params(draws.potential.log_joint,
-                                             draws.positions.flatten(0, 1))
+        flat = draws.positions.flatten(0, 1)
+        plain = self.precondition is None or not torch.is_grad_enabled()
+        log_joint, params = (draws.potential.log_joint(flat), None) if plain \
+            else call_with_params(draws.potential.log_joint, flat)
         if not torch.isfinite(log_joint).all():
             raise ValueError(
                 "MCMCGradient: log p(x, z) is not finite at the chains' states; check the "
                 "model's parameters (a scale at 0, a probability at 0 or 1) and data"
             )
-        if self.precondition is None or not torch.is_grad_enabled():
-            return -log_joint.mean()
-        return self._preconditioned(draws, log_joint, params)
+        return -log_joint.mean() if plain else self._preconditioned(draws, log_joint, params)
 
     def _preconditioned(self, draws, log_joint, params) -> torch.Tensor:
         r"""The loss's value with the surrogate gradient :math:`-\tilde I^{-1} g`."""
