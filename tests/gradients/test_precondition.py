@@ -246,3 +246,17 @@ def test_other_optimizers_and_the_torch_module_take_the_preconditioned_gradient(
     module(data).backward()
     assert loss.preconditioner_state.num_updates == 2
     assert "precondition='diagonal'" not in repr(loss) and "diagonal=True" in repr(loss)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_the_preconditioned_step_follows_the_data_device(diagonal, device):
+    model = lv.models.LinearGaussian(dim=2)
+    data = model.simulate(20).to(device)
+    loss = lv.MCMCGradient("hmc", num_chains=16, warmup_steps=10,
+                           precondition=NewtonPreconditioner(diagonal))
+    svi = pyro.infer.SVI(model.model, lv.empty_guide, pyro.optim.SGD({"lr": 0.5}), loss)
+    svi.step(data)
+    svi.step(data)
+    assert all(v.device.type == device.type for v in pyro.get_param_store().values())
+    assert all(torch.isfinite(v).all() for v in pyro.get_param_store().values())
+    assert loss.preconditioner_state.complete.device.type == device.type
