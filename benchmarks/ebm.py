@@ -9,22 +9,29 @@ scikit-learn draws its own start, :math:`\\mathcal{N}(0, 0.01^2)`, and its batch
 ``gen_even_slices`` of the shuffled data):
 
 * ours: ``SVI(rbm.model, lv.empty_guide, SGD, loss=lv.ContrastiveDivergence(persistent=True,
-  sampler=BlockGibbs(rbm.hidden_conditional, rbm.visible_conditional)))``;
+  sampler=BlockGibbs(rbm.hidden_conditional, rbm.visible_conditional)))``, with and without
+  ``jit_compile=True``; and the same loss's ``differentiable_loss`` in a plain torch loop with
+  ``torch.optim.SGD`` (as Pyro's ELBOs allow), with and without ``jit_compile``;
 * torch: the update written out by hand (positive statistics at the data, negative at the
   chains, one Gibbs sweep), the loop a practitioner writes;
+* torch with autograd: the same sweep, the gradient of the free energies at the data and at
+  the chains by ``backward()`` and ``torch.optim.SGD``;
 * scikit-learn: ``BernoulliRBM(n_components=16, learning_rate=0.1, batch_size=100,
   n_iter=epochs)``.
 
-Reported: wall time (median over ``--rounds`` interleaved rounds, one thread, float64), the
-ratios to the torch loop, and the exact average log-likelihood each reaches (log Z by
-enumerating the 2^16 hidden configurations).
+Reported: wall time (median over ``--rounds`` interleaved rounds, one thread, float64; the
+compiled rows include their tracing), the time a step, the ratios to both torch loops, and
+the exact average log-likelihood each reaches (log Z by enumerating the 2^16 hidden
+configurations).
 
 Run: ``python benchmarks/ebm.py`` (``--epochs 30 --rounds 1`` for a quick look).
 """
 
 import argparse
+import os
 import statistics
 import time
+from functools import partial
 
 import pyro
 import torch
@@ -43,12 +50,17 @@ def batches(data, generator):
         yield data[order[start:start + BATCH]]
 
 
-def ours(data, epochs, seed):
+def _loss(seed, jit_compile):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     rbm = lv.models.RBM(64, HIDDEN)
     loss = lv.ContrastiveDivergence(num_steps=1, persistent=True, sampler=BlockGibbs(
-        rbm.hidden_conditional, rbm.visible_conditional))
+        rbm.hidden_conditional, rbm.visible_conditional), jit_compile=jit_compile)
+    return rbm, loss
+
+
+def ours(data, epochs, seed, jit_compile=False):
+    rbm, loss = _loss(seed, jit_compile)
     svi = pyro.infer.SVI(rbm.model, lv.empty_guide, pyro.optim.SGD({"lr": RATE / BATCH}),
                          loss)
     generator = torch.Generator().manual_seed(seed)
@@ -56,6 +68,23 @@ def ours(data, epochs, seed):
     for _ in range(epochs):
         for batch in batches(data, generator):
             svi.step(batch)
+    elapsed = time.perf_counter() - start
+    return elapsed, {k: v.detach().clone() for k, v in rbm.params().items()}
+
+
+def ours_torch_optim(data, epochs, seed, jit_compile=False):
+    """``loss.differentiable_loss`` in a plain torch loop, as Pyro's ELBOs allow."""
+    rbm, loss = _loss(seed, jit_compile)
+    rbm.model(data[:BATCH])  # the parameters enter Pyro's param store
+    params = [pyro.param(name).unconstrained() for name in rbm.param_names]
+    optimizer = torch.optim.SGD(params, lr=RATE / BATCH)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in batches(data, generator):
+            optimizer.zero_grad()
+            loss.differentiable_loss(rbm.model, lv.empty_guide, batch).backward()
+            optimizer.step()
     elapsed = time.perf_counter() - start
     return elapsed, {k: v.detach().clone() for k, v in rbm.params().items()}
 
@@ -93,8 +122,46 @@ def sklearn(data, epochs, seed):
                      "hidden_bias": torch.as_tensor(model.intercept_hidden_)}
 
 
-METHODS = {"lv.ContrastiveDivergence (PCD-1)": ours, "hand-written torch PCD-1": torch_loop,
-           "scikit-learn BernoulliRBM": sklearn}
+def torch_autograd_loop(data, epochs, seed):
+    """The same loop with the gradient by autograd (free energies at the data and at the
+    chains) and ``torch.optim.SGD``, as a practitioner writes it for a model without a
+    hand-derived gradient."""
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    init = lv.models.RBM(64, HIDDEN).params()
+    w, b, c = (init[k].detach().clone().requires_grad_() for k in
+               ("weights", "visible_bias", "hidden_bias"))
+    optimizer = torch.optim.SGD([w, b, c], lr=RATE / BATCH)
+    generator = torch.Generator().manual_seed(seed)
+    chains = data[:BATCH].clone()
+
+    def free_energy(v):
+        return -(v @ b) - torch.nn.functional.softplus(v @ w + c).sum(-1)
+
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in batches(data, generator):
+            with torch.no_grad():
+                hidden = torch.bernoulli(torch.sigmoid(chains @ w + c))
+                chains = torch.bernoulli(torch.sigmoid(hidden @ w.T + b))
+            optimizer.zero_grad()
+            (free_energy(batch).sum() - free_energy(chains).sum()).backward()
+            optimizer.step()
+    elapsed = time.perf_counter() - start
+    return elapsed, {"weights": w.detach(), "visible_bias": b.detach(),
+                     "hidden_bias": c.detach()}
+
+
+HAND, AUTOGRAD = "hand-written torch PCD-1", "hand-written, autograd + torch.optim"
+METHODS = {
+    "lv.CD (PCD-1), SVI": ours,
+    "lv.CD (PCD-1), SVI, jit_compile": partial(ours, jit_compile=True),
+    "lv.CD differentiable_loss + torch.optim": ours_torch_optim,
+    "  the same, jit_compile": partial(ours_torch_optim, jit_compile=True),
+    HAND: torch_loop,
+    AUTOGRAD: torch_autograd_loop,
+    "scikit-learn BernoulliRBM": sklearn,
+}
 
 
 def main(epochs=300, rounds=3):
@@ -110,14 +177,19 @@ def main(epochs=300, rounds=3):
             times[name].append(elapsed)
             loglik.setdefault(name, []).append(
                 float(reference.log_marginal(data, params).detach()) / data.shape[0])
-    base = statistics.median(times["hand-written torch PCD-1"])
-    print(f"PCD-1, 64 x {HIDDEN} RBM, binarized digits, {epochs} epochs, lr {RATE}, "
-          f"batch {BATCH}, {rounds} rounds (median time; log-likelihood per round)")
-    print(f"{'method':<36} {'time (s)':>9} {'x torch':>8}  exact avg log-lik")
+    base = statistics.median(times[HAND])
+    autograd = statistics.median(times[AUTOGRAD])
+    steps = epochs * (data.shape[0] // BATCH)
+    print(f"PCD-1, 64 x {HIDDEN} RBM, binarized digits, {epochs} epochs ({steps} steps), lr "
+          f"{RATE}, batch {BATCH}, {rounds} rounds (median time; log-likelihood per round); "
+          f"load average {os.getloadavg()[0]:.2f} at the end")
+    print(f"{'method':<42} {'time (s)':>9} {'ms/step':>8} {'x torch':>8} {'x autograd':>10}"
+          "  exact avg log-lik")
     for name in METHODS:
         median = statistics.median(times[name])
         values = ", ".join(f"{v:.3f}" for v in loglik[name])
-        print(f"{name:<36} {median:9.2f} {median / base:8.2f}  {values}")
+        print(f"{name:<42} {median:9.2f} {1e3 * median / steps:8.3f} {median / base:8.2f} "
+              f"{median / autograd:10.2f}  {values}")
 
 
 if __name__ == "__main__":

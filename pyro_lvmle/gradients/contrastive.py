@@ -24,10 +24,14 @@ near the model's distribution.
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
+
+import pyro.ops.jit
 import torch
 
 from .._checks import check_int
-from ..samplers import make_sampler, run_steps
+from ..samplers import BlockGibbs, make_sampler, run_steps
 from ..traces import Potential
 from ..traces.particles import guess_max_plate_nesting
 from .chain_loss import ChainLoss
@@ -74,6 +78,15 @@ class ContrastiveDivergence(ChainLoss):
         ``"mala"``, ``"hmc"`` (continuous sites); ``"auto"`` is ``"gibbs"`` when every
         coordinate is discrete, else ``"mala"``.
     :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
+    :param bool jit_compile: trace the step of warm persistent chains (a
+        :class:`~pyro_lvmle.samplers.BlockGibbs` sweep and the model's run for both phases)
+        into one graph with :func:`pyro.ops.jit.trace`, as Pyro's ``JitTrace_ELBO`` does: the
+        Python of Pyro's handlers then runs once per data shape, not once per step. The model
+        and the conditionals must not branch on tensor values (the first call after tracing
+        runs them eagerly from the same random state and raises if the graph disagrees); the
+        arguments must be tensors of a fixed shape per graph (a new shape is traced anew), and
+        a subsampled plate or chains still to start run eagerly. Needs ``persistent=True`` and
+        a ``BlockGibbs`` sampler.
     :param sampler_options: passed to :func:`~pyro_lvmle.samplers.make_sampler` for a named
         sampler (``step_size``, ``adapt_step_size``, ...).
 
@@ -87,8 +100,14 @@ class ContrastiveDivergence(ChainLoss):
 
     **Cost.** The :class:`~pyro_lvmle.traces.Potential` is built once per model and data
     shape and reused for later batches of that shape (rebuilt every call under a subsampled
-    plate, whose indices it fixes); with :class:`~pyro_lvmle.samplers.BlockGibbs` a call runs
-    the model twice (the chains' start and one run for both phases together).
+    plate, whose indices it fixes). With :class:`~pyro_lvmle.samplers.BlockGibbs`, a call on
+    warm persistent chains runs the model once, for both phases (the data are read inside
+    that run: :meth:`~pyro_lvmle.traces.Potential.log_joint` with ``at_data=True``); CD-k
+    and chains still to start run it twice (the chains' start at the data, then both
+    phases). Outside ``SVI``, ``differentiable_loss`` goes into a plain torch loop (as
+    Pyro's ELBOs' does), which saves ``SVI``'s parameter capture and per-parameter
+    optimizers; with ``jit_compile=True`` the step is one traced graph.
+    ``benchmarks/ebm.py`` times each against hand-written torch loops.
 
     :attr:`diagnostics` of the last call: ``positive`` (:math:`\log\tilde p(x)`),
     ``negative`` (its mean over the chains), ``accept_prob`` (mean over transitions),
@@ -118,10 +137,24 @@ class ContrastiveDivergence(ChainLoss):
         >>> gaps = [svi.step(data) for _ in range(5)]
         >>> sorted(loss.diagnostics)
         ['accept_prob', 'negative', 'num_steps', 'positive']
+
+    The same loss compiled, in a plain torch loop::
+
+        >>> fast = lv.ContrastiveDivergence(persistent=True, jit_compile=True, sampler=BlockGibbs(
+        ...     rbm.hidden_conditional, rbm.visible_conditional))
+        >>> params = [pyro.param(name).unconstrained() for name in rbm.param_names]
+        >>> optimizer = torch.optim.SGD(params, lr=1e-3)
+        >>> for _ in range(3):
+        ...     optimizer.zero_grad()
+        ...     fast.differentiable_loss(rbm.model, lv.empty_guide, data).backward()
+        ...     optimizer.step()
+        >>> float(fast.diagnostics["accept_prob"])  # a Gibbs sweep is always accepted
+        1.0
     """
 
     def __init__(self, num_steps: int = 1, persistent: bool = False, num_chains: int = 1,
-                 sampler="auto", *, max_plate_nesting: int | None = None, **sampler_options):
+                 sampler="auto", *, max_plate_nesting: int | None = None,
+                 jit_compile: bool = False, **sampler_options):
         where = "ContrastiveDivergence"
         self.num_steps = check_int(where, "num_steps", num_steps, 1)
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
@@ -136,6 +169,13 @@ class ContrastiveDivergence(ChainLoss):
         self.sampler = None if isinstance(sampler, str) else make_sampler(sampler)
         self._sampler_name = sampler if isinstance(sampler, str) else None
         self._potentials: dict = {}
+        self.jit_compile = bool(jit_compile)
+        if self.jit_compile and not (self.persistent and isinstance(self.sampler, BlockGibbs)):
+            raise ValueError(f"{where}: jit_compile=True compiles persistent chains moved by "
+                             "BlockGibbs (its sweep has no Python branch on tensor values); "
+                             "pass persistent=True and a BlockGibbs sampler, or leave "
+                             "jit_compile off")
+        self._compiled: dict = {}
 
     def __repr__(self) -> str:
         sampler = self._sampler_name or self.sampler
@@ -161,9 +201,7 @@ class ContrastiveDivergence(ChainLoss):
         key = _shape_key(args, kwargs)
         cached = self._potentials.get(key) if key is not None else None
         if cached is not None:
-            view = cached.__class__.__new__(cached.__class__)
-            view.__dict__.update(cached.__dict__, args=tuple(args), kwargs=dict(kwargs))
-            return view
+            return _view(cached, args, kwargs)
         vectorization = next(iter(self._potentials.values())).vectorization \
             if self._potentials else None
         with torch.enable_grad():
@@ -189,19 +227,29 @@ class ContrastiveDivergence(ChainLoss):
         :returns: the target, the positions ``(1 + C, D)`` (the data, then the chains) and
             the transitions' :class:`~pyro_lvmle.samplers.StepInfo`, stacked.
         """
+        potential, data, state, info = self._advance(model, args, kwargs)
+        if data is None:
+            data = potential.initial_position(1)
+        return potential, torch.cat([data, state.position]), info
+
+    def _advance(self, model, args, kwargs):
+        """The target, the data's position (``None`` when the chains did not need it: warm
+        persistent chains), the chains' state after ``num_steps`` transitions, their infos."""
         potential = self.potential(model, args, kwargs)
         sampler = self._sampler(potential)
         with torch.enable_grad():
-            data = potential.initial_position(1)
-            fresh = data.expand(self.num_chains, -1)
-            self.chains.allocate(potential, fresh)
-            if not self.persistent:
-                self.chains.visited[""].fill_(False)
+            data = fresh = None
+            if not (self.persistent and self.chains.ready(potential)):
+                data = potential.initial_position(1)  # a run of the model
+                fresh = data.expand(self.num_chains, -1)
+                self.chains.allocate(potential, fresh)
+                if not self.persistent:
+                    self.chains.visited[""].fill_(False)
             position = self.chains.gather("position", potential, fresh=fresh)
             state = sampler.init(position, potential, like=self.chains.like(potential))
             state, info = run_steps(sampler, state, potential, self.num_steps)
             self.chains.save(potential, state)
-        return potential, torch.cat([data, state.position]), info
+        return potential, data, state, info
 
     def _sampler(self, potential):
         if self.sampler is None:
@@ -220,17 +268,89 @@ class ContrastiveDivergence(ChainLoss):
         :param model: the Pyro model.
         :param guide: ignored (pass :func:`~pyro_lvmle.empty_guide`).
         """
-        potential, positions, info = self.draw(model, args, kwargs)
-        log_density = potential.log_joint(positions)
+        log_density, accept = self._phases(model, args, kwargs)
         positive, negative = log_density[0], log_density[1:].mean()
         if not torch.isfinite(log_density).all():
             raise ValueError(
                 "ContrastiveDivergence: the log density is not finite at the data or at the "
                 "chains' states; check the model's parameters and data")
-        accept = info.accept_prob.mean()
         self.diagnostics = {"positive": positive.detach(), "negative": negative.detach(),
                             "accept_prob": accept, "num_steps": self.num_steps}
         return negative - positive
+
+
+    def _phases(self, model, args, kwargs):
+        """Move the chains; :math:`\\log\\tilde p` at the data then at each chain
+        ``(1 + C,)`` and the mean acceptance probability."""
+        if self.jit_compile:
+            compiled = self._compiled_phases(model, args, kwargs)
+            if compiled is not None:
+                return compiled
+        potential, data, state, info = self._advance(model, args, kwargs)
+        if data is None:  # both phases from one run of the model, the data read in it
+            log_density = potential.log_joint(state.position, at_data=True)
+        else:
+            log_density = potential.log_joint(torch.cat([data, state.position]))
+        return log_density, info.accept_prob.mean()
+
+    def _compiled_phases(self, model, args, kwargs):
+        """:meth:`_phases` of warm persistent chains by a graph traced once per data shape
+        (:func:`pyro.ops.jit.trace`: the parameters, the data and the chains' positions in,
+        the log densities, new positions and acceptance out); ``None`` where it does not
+        apply (chains to start, a subsampled plate, arguments other than tensors). The
+        first call after tracing also runs the model eagerly from the same random state and
+        refuses a graph that disagrees (a model or conditionals branching on values)."""
+        potential = self.potential(model, args, kwargs)
+        key = _shape_key(args, kwargs)
+        if (key is None or potential.batched_plates or not self.chains.ready(potential)
+                or not all(torch.is_tensor(a) for a in args)
+                or any(torch.is_tensor(v) for v in kwargs.values())):
+            return None
+        like = self.chains.like(potential)
+        compiled, checked = self._compiled.get(key, (None, False))
+        if compiled is None:
+            compiled = pyro.ops.jit.trace(partial(_phases, self.sampler, self.num_steps,
+                                                  potential), ignore_warnings=True)
+        check = not checked and bool(compiled.compiled)  # traced before: check these inputs
+        if check:
+            devices = [like.position.device] if like.position.is_cuda else []
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                expected = _phases(self.sampler, self.num_steps, potential, like.position,
+                                   *args, **kwargs)
+        with warnings.catch_warnings():  # torch >= 2.10 deprecates torch.jit.trace
+            warnings.filterwarnings("ignore", r"`torch\.jit\.trace` is deprecated",
+                                    DeprecationWarning)
+            out = compiled(like.position, *args, **kwargs)
+        if check:
+            checked = all(torch.allclose(a.detach(), b, rtol=1e-9, atol=1e-9)
+                          for a, b in zip(out, expected, strict=True))
+            if not checked:
+                self._compiled = {}
+                raise ValueError(
+                    "ContrastiveDivergence: the compiled step disagrees with the model run "
+                    "eagerly from the same random state: the model or the sampler's "
+                    "conditionals branch on tensor values, which a traced graph fixes; leave "
+                    "jit_compile off for this model")
+        self._compiled = {key: (compiled, checked)}  # one data shape at a time
+        log_density, position, accept = out
+        self.chains.save(potential, like._replace(position=position))
+        return log_density, accept
+
+
+def _phases(sampler, num_steps, potential, position, *args, **kwargs):
+    """The traced step: ``num_steps`` transitions from ``position``, then the log densities
+    at the data and at the chains from one run of the model on ``args``."""
+    target = _view(potential, args, kwargs)
+    state, info = run_steps(sampler, sampler.init(position, target), target, num_steps)
+    position = state.position.detach()
+    return target.log_joint(position, at_data=True), position, info.accept_prob.mean()
+
+
+def _view(potential, args, kwargs):
+    """The potential with other arguments of the same shapes (its layout kept)."""
+    view = potential.__class__.__new__(potential.__class__)
+    view.__dict__.update(potential.__dict__, args=tuple(args), kwargs=dict(kwargs))
+    return view
 
 
 def _shape_key(args, kwargs):

@@ -126,6 +126,16 @@ class ChainStore:
         self.save(potential, state)
         return torch.stack(kept, 1), infos, state, not warm
 
+    def ready(self, potential) -> bool:
+        """Whether the store holds chains of the potential's sites at their full shapes and
+        every chain of its batch has run: :meth:`gather` needs no fresh values.
+
+        :param potential: the current potential.
+        """
+        return all(site.name in self.position
+                   and self.position[site.name].shape == self._full_shape(site)
+                   for site in potential.sites) and self.all_seen(potential)
+
     def all_seen(self, potential) -> bool:
         """Whether every chain of the potential's batch has run before.
 

@@ -16,6 +16,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.ops.contract import contract_to_tensor
+from pyro.poutine.condition_messenger import ConditionMessenger
 
 from .particles import _is_subsample
 
@@ -25,15 +26,29 @@ __all__ = ["CHAIN_PLATE", "plate_energy", "site_log_probs"]
 CHAIN_PLATE = "num_chains_vectorized"
 
 
-def _trace(potential, position, *, jacobian, beta, enumerate):
+class _AfterObserved(ConditionMessenger):
+    """Condition each named site on its observed value followed by the given chains' values
+    (``(1 + C, ...)`` along the chain plate): the observed data becomes chain 0."""
+
+    def _pyro_sample(self, msg):
+        if msg["name"] in self.data:
+            chains = self.data[msg["name"]]
+            observed = msg["value"].broadcast_to(chains.shape[1:]).unsqueeze(0)
+            msg["value"] = torch.cat([observed.to(chains.dtype), chains])
+            msg["is_observed"] = True
+
+
+def _trace(potential, position, *, jacobian, beta, enumerate, at_data=False):
     """The model's trace at positions ``(C, D)`` under the chain plate, rescaled as the
     potential's energy wants it (:meth:`~pyro_lvmle.traces.Potential._rescale`), and the
-    unpacked values with their log Jacobians."""
-    num_chains = position.shape[0]
+    unpacked values with their log Jacobians. With ``at_data`` the plate has ``1 + C``
+    chains, chain 0 at the observed values of the target sites (all of them observed)."""
+    num_chains = position.shape[0] + int(at_data)
     unpacked = potential._unpack(position)
     data = {name: value for name, (value, _) in unpacked.items()}
     chains = pyro.plate(CHAIN_PLATE, num_chains, dim=-(potential.max_plate_nesting + 1))
-    conditioned = poutine.condition(chains(potential.model), data=data)
+    condition = _AfterObserved(data) if at_data else poutine.condition(data=data)
+    conditioned = condition(chains(potential.model))
     if enumerate:
         conditioned = poutine.enum(conditioned,
                                    first_available_dim=-(potential.max_plate_nesting + 2))
@@ -70,7 +85,7 @@ def site_log_probs(potential, position: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def plate_energy(potential, position: torch.Tensor, jacobian: bool,
-                 beta: torch.Tensor | None = None) -> torch.Tensor:
+                 beta: torch.Tensor | None = None, at_data: bool = False) -> torch.Tensor:
     r"""Every chain's :math:`U(q)` (with ``jacobian``; else :math:`-\log p(x, T(q))` with the
     ``N/B`` factors kept and the model's params visible) by one run of the model.
 
@@ -78,10 +93,13 @@ def plate_energy(potential, position: torch.Tensor, jacobian: bool,
     :param torch.Tensor position: ``(C, D)``.
     :param bool jacobian: the sampler's energy, or the log joint of Fisher's identity.
     :param torch.Tensor beta: ``(C,)`` tempering, or ``None``.
+    :param bool at_data: prepend a chain at the observed values of the target sites (an
+        unconditioned potential whose sites are all observed, no ``jacobian``, no ``beta``):
+        ``1 + C`` energies from the same run.
     """
-    num_chains = position.shape[0]
+    num_chains = position.shape[0] + int(at_data)
     trace, unpacked = _trace(potential, position, jacobian=jacobian, beta=beta,
-                             enumerate=bool(potential.enumerated))
+                             enumerate=bool(potential.enumerated), at_data=at_data)
     if potential.enumerated:
         log_joint = _contract_enumerated(trace, num_chains)
     else:

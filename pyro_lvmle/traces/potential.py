@@ -247,7 +247,7 @@ class Potential:
         dtype = next((p.dtype for p in parts if p.is_floating_point()), torch.get_default_dtype())
         return torch.cat([part.to(dtype) for part in parts], -1)
 
-    def log_joint(self, position: torch.Tensor) -> torch.Tensor:
+    def log_joint(self, position: torch.Tensor, *, at_data: bool = False) -> torch.Tensor:
         """:math:`\\log p(x, T(q))` per chain (no Jacobian), differentiable in the model's
         parameters: the quantity Fisher's identity differentiates.
 
@@ -256,8 +256,22 @@ class Potential:
         model's distributions are not validated (vmap cannot run their checks).
 
         :param torch.Tensor position: ``(C, D)``.
+        :param bool at_data: with ``uncondition=True``, prepend the model at its observed
+            data: ``(1 + C,)``, row 0 the log joint at the data (the positive phase of
+            contrastive divergence), equal to
+            ``log_joint(torch.cat([initial_position(1), position]))`` but from one run of the
+            model on the plate path (the data read inside the run).
         """
-        return self._energy(position, jacobian=False).neg()
+        if not at_data:
+            return self._energy(position, jacobian=False).neg()
+        if not self.uncondition:
+            raise ValueError("Potential.log_joint: at_data=True needs a potential built with "
+                             "uncondition=True (its target sites are the observed ones)")
+        check_positions(position, self.dim)
+        if self.vectorization == "vmap" or self.beta is not None or not all(
+                site.was_observed for site in self.sites):
+            return self.log_joint(torch.cat([self.initial_position(1).to(position), position]))
+        return plate_energy(self, position, False, None, at_data=True).neg()
 
     def __call__(self, position: torch.Tensor) -> torch.Tensor:
         """:math:`U(q)` per chain, shape ``(C,)``, for positions ``(C, D)``.

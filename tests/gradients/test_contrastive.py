@@ -73,17 +73,98 @@ def test_planted_control_without_negative_phase_fails():
     assert _z_scores(draws, exact).max() > 100
 
 
-def test_persistent_chains_at_fixed_parameters_match_exact_gradient():
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "jit"])
+def test_persistent_chains_at_fixed_parameters_match_exact_gradient(jit_compile):
     rbm, data = _rbm_setup()
     exact = _exact_rbm_grad(rbm, data)
     loss = lv.ContrastiveDivergence(num_steps=1, persistent=True, num_chains=20,
                                     sampler=BlockGibbs(rbm.hidden_conditional,
-                                                       rbm.visible_conditional))
+                                                       rbm.visible_conditional),
+                                    jit_compile=jit_compile)
     _cd_draws(loss, rbm.model, data, 20)  # burn-in
     draws = _cd_draws(loss, rbm.model, data, 200)
     batches = draws.reshape(10, 20, -1).mean(1)  # batch means: the chains are correlated
     assert _z_scores(batches, exact).max() < 4
     assert loss.chains.position["v"].shape == (20, 30, 4)
+    assert bool(loss._compiled) == jit_compile
+
+
+def test_planted_control_compiled_chains_not_kept_fail():
+    """The compiled step with its chains' new states dropped (every call restarts from the
+    same states): the exact-gradient test above detects it."""
+    rbm, data = _rbm_setup()
+    exact = _exact_rbm_grad(rbm, data)
+    loss = lv.ContrastiveDivergence(num_steps=1, persistent=True, num_chains=20,
+                                    sampler=BlockGibbs(rbm.hidden_conditional,
+                                                       rbm.visible_conditional),
+                                    jit_compile=True)
+    loss.differentiable_loss(rbm.model, None, data)  # chains at the data, then frozen
+    loss.chains.save = lambda potential, state: None
+    draws = _cd_draws(loss, rbm.model, data, 200)
+    assert _z_scores(draws.reshape(10, 20, -1).mean(1), exact).max() > 4
+    assert loss._compiled  # the compiled step ran
+
+
+def _same_step(loss, model, data, chains):
+    """The surrogate's gradient and the new chains of one call from given chains and seed."""
+    loss.chains.position["v"] = chains.clone()
+    pyro.set_rng_seed(7)
+    return _store_grad(loss.differentiable_loss(model, None, data)), \
+        loss.chains.position["v"].clone()
+
+
+def test_one_model_run_and_compiled_paths_equal_the_two_run_path():
+    """Warm PCD reads the data inside the one run of the model for both phases, and
+    jit_compile traces that step: both give the gradient and the chains of the eager
+    two-run path (the data's position by its own run, then the log joint at data and
+    chains) from the same chains and seed."""
+    rbm, data = _rbm_setup()
+    chains = rbm.simulate(4 * 30).reshape(4, 30, 4)
+    sampler = BlockGibbs(rbm.hidden_conditional, rbm.visible_conditional)
+    results = {}
+    for name in ("two_runs", "one_run", "jit"):
+        loss = lv.ContrastiveDivergence(persistent=True, num_chains=4, sampler=sampler,
+                                        jit_compile=name == "jit")
+        for _ in range(3):  # warm, traced, checked against an eager run
+            loss.differentiable_loss(rbm.model, None, data)
+        if name == "two_runs":
+            loss.chains.position["v"] = chains.clone()
+            pyro.set_rng_seed(7)
+            potential, positions, _ = loss.draw(rbm.model, (data,))
+            log_density = potential.log_joint(positions)
+            grad = _store_grad(log_density[1:].mean() - log_density[0])
+            results[name] = grad, loss.chains.position["v"].clone()
+        else:
+            results[name] = _same_step(loss, rbm.model, data, chains)
+    reference, reference_chains = results["two_runs"]
+    for name in ("one_run", "jit"):
+        grad, new_chains = results[name]
+        assert (grad - reference).abs().max() < 1e-10, name
+        assert torch.equal(new_chains, reference_chains), name
+    assert not torch.equal(reference_chains, chains)
+    # planted control: the same comparison sees a step from other chains
+    other, _ = _same_step(loss, rbm.model, data, 1 - chains)
+    assert (other - reference).abs().max() > 1e-3
+
+
+def test_compiled_step_that_disagrees_with_the_model_is_refused():
+    """A model branching in Python on its data: the trace fixes the branch of the batch it
+    saw, and the check of the next call against an eager run catches it."""
+    rbm, data = _rbm_setup()
+
+    def branching(data):
+        rbm.model(data)
+        pyro.factor("branch", torch.tensor(1.0 if float(data.sum()) > 60 else 0.0) * data.sum())
+
+    loss = lv.ContrastiveDivergence(persistent=True, jit_compile=True, sampler=BlockGibbs(
+        rbm.hidden_conditional, rbm.visible_conditional))
+    high, low = data.clone(), data.clone()
+    high[:, 0], low[:, 0] = 1.0, 0.0
+    assert float(high.sum()) > 60 > float(low.sum())
+    for _ in range(2):
+        loss.differentiable_loss(branching, None, high)
+    with pytest.raises(ValueError, match="branch on tensor values"):
+        loss.differentiable_loss(branching, None, low)
 
 
 @pytest.mark.parametrize("name,num_steps", [("gibbs", 4), ("gwg", 10)])
@@ -167,6 +248,10 @@ def test_bad_input_is_refused_with_a_clear_message():
         lv.ContrastiveDivergence(sampler="nope")
     with pytest.raises(ValueError, match="not a saved ContrastiveDivergence state"):
         lv.ContrastiveDivergence().load_state_dict({"x": 1})
+    with pytest.raises(ValueError, match="jit_compile"):
+        lv.ContrastiveDivergence(persistent=True, sampler="gibbs", jit_compile=True)
+    with pytest.raises(ValueError, match="jit_compile"):
+        lv.ContrastiveDivergence(sampler=BlockGibbs(print, print), jit_compile=True)
 
     def latent_model(data):  # a continuous latent: no positive phase without posterior draws
         z = pyro.sample("z", dist.Normal(0.0, 1.0))

@@ -488,3 +488,53 @@ def test_observed_sites_as_target_beside_latents():
     expected = dist.Normal(p["w"], 1.0).log_prob(z) + dist.Normal(z, p["sigma"]).log_prob(x)
     assert_close(potential(q), -expected.sum(-1), atol=1e-10)
     assert torch.equal(potential.initial_position(5)[:, 3:], data.reshape(1, -1).expand(5, -1))
+
+
+def _hidden_units_model(p):
+    """The RBM with its hidden units written out (summed out by the potential)."""
+    def model(data):
+        cube = dist.ImproperUniform(constraints.boolean, (), (4,))
+        with pyro.plate("data", len(data), dim=-2):
+            v = pyro.sample("v", cube, obs=data.unsqueeze(-2))
+            pyro.factor("visible", v @ p["visible_bias"])
+            with pyro.plate("hidden", 3, dim=-1):
+                h = pyro.sample("h", dist.Bernoulli(0.5))
+                pyro.factor("coupling", h * ((v @ p["weights"]).squeeze(-2) + p["hidden_bias"]))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["rbm", "summed_out", "vmap", "continuous"])
+def test_log_joint_at_data_is_the_data_row_then_the_chains_from_one_run(kind):
+    torch.manual_seed(0)
+    rbm = lv.models.RBM(num_visible=4, num_hidden=3)
+    data, other = rbm.simulate(5), rbm.simulate(5)
+    model = {"rbm": rbm.model, "vmap": rbm.model,
+             "summed_out": _hidden_units_model({k: v.detach() for k, v in rbm.params().items()}),
+             "continuous": gaussian_energy_model}[kind]
+    if kind == "continuous":
+        data, other = torch.randn(5, 2), torch.randn(5, 2)
+    potential = Potential(model, (data,), uncondition=True,
+                          vectorization="vmap" if kind == "vmap" else None)
+    q = potential.initial_position(3) if kind == "continuous" else \
+        torch.randint(0, 2, (3, potential.dim)).double()
+    q = q + torch.randn_like(q) if kind == "continuous" else q
+    expected = potential.log_joint(torch.cat([potential.initial_position(1), q]))
+    assert_close(potential.log_joint(q, at_data=True), expected, atol=1e-10, rtol=0)
+    # planted control: another batch's data in row 0 is told apart
+    stale = Potential(model, (other,), uncondition=True).initial_position(1)
+    wrong = potential.log_joint(torch.cat([stale, q]))
+    assert (wrong[0] - expected[0]).abs() > 1e-3
+
+
+def test_log_joint_at_data_needs_the_observed_sites_as_target():
+    model = lv.models.LinearGaussian(dim=1)
+    potential = Potential(model, (model.simulate(3),))
+    with pytest.raises(ValueError, match="uncondition=True"):
+        potential.log_joint(potential.sample_prior(2), at_data=True)
+
+
+def gaussian_energy_model(data):
+    loc = pyro.param("loc", torch.tensor([0.5, -0.5]))
+    with pyro.plate("data", data.shape[0]):
+        x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), (2,)), obs=data)
+        pyro.factor("energy", -((x - loc) ** 2).sum(-1) / 2)
