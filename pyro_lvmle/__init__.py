@@ -14,6 +14,7 @@ from .evidence import Estimate, log_marginal, log_partition
 from .gradients import (
     ContrastiveDivergence,
     MCMCGradient,
+    NewtonPreconditioner,
     ObservedInformation,
     empty_guide,
     observed_information,
@@ -45,6 +46,7 @@ __all__ = [
     "History",
     "MCEM",
     "MCMCGradient",
+    "NewtonPreconditioner",
     "ObservedInformation",
     "ParticleObjective",
     "PriorGuide",

@@ -183,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="wall seconds per method, evaluations excluded (default: %(default)s)")
     cmp.add_argument("--max-steps", type=_positive_int, default=None,
                      help="also stop each method after this many steps")
+    cmp.add_argument("--max-evaluations", type=_positive_int, default=None,
+                     help="also stop each method after this many runs of the model (a cost "
+                          "independent of the machine's speed and load)")
     cmp.add_argument("--eval-every", type=_positive_int, default=10,
                      help="steps between evaluations (default: %(default)s)")
     cmp.add_argument("--lr", type=_positive_float, default=0.05,
@@ -226,6 +229,8 @@ def run_compare(args) -> int:
     budget = {"seconds": args.budget}
     if args.max_steps is not None:
         budget["steps"] = args.max_steps
+    if args.max_evaluations is not None:
+        budget["model_evaluations"] = args.max_evaluations
     print(f"pyro-lvmle {__version__}: {args.model}, {num_data} simulated data, "
           f"{len(methods)} methods, {args.budget:g} s each (seed {args.seed}, {args.device})")
 

@@ -2,16 +2,18 @@ r"""The comparison harness: several estimators on one model and data, one budget
 
 Each method, a loss run through :class:`pyro.infer.SVI` or a driver, starts from the same
 parameter values and random seed and runs until the budget (wall seconds spent in its own
-steps, or a number of steps) is spent. Every ``eval_every`` steps, outside the timed part,
-an evaluation of the fit, usually an estimate of :math:`\log p(x; \theta)`, is recorded
-with the parameters, so that the methods can be compared on the quantity they all estimate
-the gradient of, against wall time and against steps.
+steps, a number of steps, or a number of runs of the model) is spent. Every ``eval_every``
+steps, outside the timed part, an evaluation of the fit, usually an estimate of
+:math:`\log p(x; \theta)`, is recorded with the parameters, so that the methods can be
+compared on the quantity they all estimate the gradient of, against wall time and against
+steps.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import math
 import time
@@ -28,7 +30,7 @@ from .evidence import log_marginal
 from .gradients import MCMCGradient, empty_guide
 from .traces.params import program_params
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "CountedModel", "compare"]
 
 #: the parameters recorded for traces: those with at most this many elements
 MAX_RECORDED = 100
@@ -68,10 +70,12 @@ class Comparison:
         return max(values) if values else math.nan
 
     def table(self, tolerance: float = 0.1) -> list[dict]:
-        """One row per method: ``method``, ``steps``, ``seconds`` (timed), ``final`` and
-        ``best`` evaluation, and ``time_to_best``: the wall seconds after which its
-        evaluation first came within ``tolerance`` of the best of all methods (``nan`` if
-        never); failed methods have ``error``. Rows are sorted by final value, best first.
+        """One row per method: ``method``, ``steps``, ``seconds`` (timed),
+        ``model_evaluations`` (runs of the model in its steps; ``nan`` in records without
+        them), ``final`` and ``best`` evaluation, and ``time_to_best``: the wall seconds
+        after which its evaluation first came within ``tolerance`` of the best of all
+        methods (``nan`` if never); failed methods have ``error``. Rows are sorted by final
+        value, best first.
 
         :param float tolerance: in the evaluation's units (nats for log-likelihoods).
         """
@@ -84,12 +88,15 @@ class Comparison:
             reached = [r["seconds"] for r in records
                        if math.isfinite(r["value"]) and r["value"] >= best - tolerance]
             rows.append({"method": name, "steps": records[-1]["step"],
-                         "seconds": records[-1]["seconds"], "final": values[-1],
+                         "seconds": records[-1]["seconds"],
+                         "model_evaluations": records[-1].get("model_evaluations", math.nan),
+                         "final": values[-1],
                          "best": max(finite) if finite else math.nan,
                          "time_to_best": reached[0] if reached else math.nan, "error": ""})
         rows.sort(key=lambda r: -r["final"] if math.isfinite(r["final"]) else math.inf)
         for name, message in self.errors.items():
-            rows.append({"method": name, "steps": 0, "seconds": math.nan, "final": math.nan,
+            rows.append({"method": name, "steps": 0, "seconds": math.nan,
+                         "model_evaluations": math.nan, "final": math.nan,
                          "best": math.nan, "time_to_best": math.nan, "error": message})
         return rows
 
@@ -100,14 +107,15 @@ class Comparison:
         """
         width = max([len("method")] + [len(r["method"]) for r in self.table(tolerance)])
         header = (f"{'method':<{width}} {'final':>12} {'best':>12} {'steps':>6} "
-                  f"{'seconds':>8} {'to best':>8}")
+                  f"{'evals':>7} {'seconds':>8} {'to best':>8}")
         lines = [header, "-" * len(header)]
         for r in self.table(tolerance):
             if r["error"]:
                 lines.append(f"{r['method']:<{width}} failed: {r['error']}")
                 continue
             lines.append(f"{r['method']:<{width}} {r['final']:>12.4f} {r['best']:>12.4f} "
-                         f"{r['steps']:>6d} {r['seconds']:>8.2f} {r['time_to_best']:>8.2f}")
+                         f"{r['steps']:>6d} {r['model_evaluations']:>7} {r['seconds']:>8.2f} "
+                         f"{r['time_to_best']:>8.2f}")
         return "\n".join(lines)
 
     def plot(self, *, params: bool = True):
@@ -177,9 +185,10 @@ class Comparison:
             writer.writerows(rows)
         with open(paths["evaluations"], "w", newline="") as file:
             writer = csv.writer(file)
-            writer.writerow(["method", "step", "seconds", "value"])
+            writer.writerow(["method", "step", "seconds", "model_evaluations", "value"])
             for name, records in self.records.items():
-                writer.writerows([name, r["step"], r["seconds"], r["value"]] for r in records)
+                writer.writerows([name, r["step"], r["seconds"],
+                                  r.get("model_evaluations", ""), r["value"]] for r in records)
         paths["json"].write_text(json.dumps(self.to_dict(), indent=1))
         fig = self.plot()
         fig.savefig(paths["png"], dpi=100)
@@ -196,18 +205,61 @@ class Comparison:
         return cls(data["records"], data.get("errors"), data.get("info"))
 
 
-def _budget(budget) -> tuple[float, int]:
-    """``(seconds, steps)`` limits, either infinite."""
+def _budget(budget) -> tuple[float, float, float]:
+    """``(seconds, steps, evaluations)`` limits, any of them infinite."""
     if isinstance(budget, (int, float)) and not isinstance(budget, bool):
-        return check_positive("compare", "budget", budget), math.inf
-    if isinstance(budget, dict) and budget and set(budget) <= {"seconds", "steps"}:
+        return check_positive("compare", "budget", budget), math.inf, math.inf
+    if isinstance(budget, dict) and budget and set(budget) <= {"seconds", "steps",
+                                                               "model_evaluations"}:
         seconds = check_positive("compare", "budget['seconds']",
                                  budget["seconds"]) if "seconds" in budget else math.inf
-        steps = check_int("compare", "budget['steps']", budget["steps"], 1) \
-            if "steps" in budget else math.inf
-        return seconds, steps
+        steps, evaluations = (check_int("compare", f"budget[{key!r}]", budget[key], 1)
+                              if key in budget else math.inf
+                              for key in ("steps", "model_evaluations"))
+        return seconds, steps, evaluations
     raise ValueError(f"compare: budget must be wall seconds (a number) or a dict with "
-                     f"'seconds' and/or 'steps', got {budget!r}")
+                     f"'seconds', 'steps' and/or 'model_evaluations', got {budget!r}")
+
+
+class CountedModel:
+    """The model, counting its runs: what a method's steps cost in model evaluations.
+
+    Every run of the model is one evaluation of its log density (and, for every method here,
+    of that density's gradient): a leapfrog step of HMC, a particle of
+    :class:`~pyro.infer.Trace_ELBO`, an iteration of an M-step's L-BFGS. A vectorized run
+    (particles or chains in a plate) counts once, as it costs about one run on an
+    accelerator. Attributes are the model's (a reference model's methods still work) and it
+    compares equal to the model (chains kept for the model accept it).
+
+    :param model: the Pyro model.
+
+    Example::
+
+        >>> counted = CountedModel(lambda: None)
+        >>> counted(), counted(), counted.calls
+        (None, None, 2)
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = 0
+        functools.update_wrapper(self, model, updated=())
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        if name == "model":  # not yet set (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __eq__(self, other):
+        other = other.model if isinstance(other, CountedModel) else other
+        return self.model == other
+
+    def __hash__(self):
+        return hash(self.model)
 
 
 def _evaluator(evaluate, model, args, kwargs):
@@ -246,11 +298,18 @@ def _fresh(guide):
 
 
 def _stepper(method, model, guide, optim):
-    """``step(*args, **kwargs)`` for one method: a driver as it is; a loss with its own copy
-    of the loss (chains of :class:`~pyro_lvmle.MCMCGradient` included), of the guide and of
-    the optimizer."""
+    """``step(*args, **kwargs)`` for one method: a driver as it is (running ``model``); a loss
+    with its own copy of the loss (chains of :class:`~pyro_lvmle.MCMCGradient` included), of
+    the guide and of the optimizer."""
     if isinstance(method, Driver):
-        return method.step
+        def step(*args, **kwargs):
+            own, method.model = method.model, model
+            try:
+                return method.step(*args, **kwargs)
+            finally:
+                method.model = own
+
+        return step
     loss, own_guide = method if isinstance(method, tuple) else (method, None)
     if not isinstance(loss, ELBO) and not hasattr(loss, "loss_and_grads"):
         raise TypeError(f"a method must be a pyro.infer.ELBO (a loss), a (loss, guide) pair "
@@ -307,7 +366,11 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
         reference model's closed form or enumeration), a dict of
         :func:`~pyro_lvmle.log_marginal` settings (``{"method": "is", "num_samples": 1000}``),
         or a callable ``evaluate(*args, **kwargs) -> float`` reading the param store.
-    :param budget: wall seconds per method, or ``{"seconds": s}`` and/or ``{"steps": n}``.
+    :param budget: wall seconds per method, or a dict of limits, any of ``{"seconds": s}``,
+        ``{"steps": n}`` and ``{"model_evaluations": n}``: runs of the model in the method's
+        steps (:class:`CountedModel`; a vectorized run counts once), a cost that does not
+        depend on the machine or its load. Each method stops at the first limit it reaches
+        (a step is not cut short: it may overshoot ``model_evaluations`` by one step's runs).
     :param int eval_every: steps between evaluations.
     :param guide: the guide for the losses (copied per method).
     :param optim: the ``pyro.optim`` optimizer for the losses (copied per method);
@@ -331,7 +394,7 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
     if not isinstance(methods, dict) or not methods:
         raise TypeError(f"compare: methods must be a non-empty dict of name -> loss or "
                         f"driver, got {methods!r}")
-    max_seconds, max_steps = _budget(budget)
+    max_seconds, max_steps, max_evaluations = _budget(budget)
     eval_every = check_int("compare", "eval_every", eval_every, 1)
     seed = check_int("compare", "seed", seed, 0, 2**32 - 1)
     optim = pyro.optim.Adam({"lr": 0.05}) if optim is None else optim
@@ -344,17 +407,27 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
         pyro.get_param_store().set_state(copy.deepcopy(start))
         pyro.set_rng_seed(seed)
         rows, elapsed, step = [], 0.0, 0
+        counted = CountedModel(model)
         try:
-            run = _stepper(method, model, guide, optim)
-            rows.append({"step": 0, "seconds": 0.0, "value": evaluation(),
-                         "params": _constrained_params(names)})
-            while elapsed < max_seconds and step < max_steps:
-                tic = time.perf_counter()
+            run = _stepper(method, counted, guide, optim)
+            rows.append({"step": 0, "seconds": 0.0, "model_evaluations": 0,
+                         "value": evaluation(), "params": _constrained_params(names)})
+            while (elapsed < max_seconds and step < max_steps
+                   and counted.calls < max_evaluations):
+                calls, tic = counted.calls, time.perf_counter()
                 run(*args, **kwargs)
                 elapsed += time.perf_counter() - tic
                 step += 1
-                if step % eval_every == 0 or elapsed >= max_seconds or step >= max_steps:
-                    rows.append({"step": step, "seconds": elapsed, "value": evaluation(),
+                if counted.calls == calls and max_evaluations < math.inf:
+                    raise ValueError(f"compare: a step of {name!r} ran no model evaluation "
+                                     "that could be counted (a driver whose sampler was set "
+                                     "up with the model before compare?); pass a fresh one, "
+                                     "or a budget in seconds or steps")
+                done = elapsed >= max_seconds or step >= max_steps \
+                    or counted.calls >= max_evaluations
+                if step % eval_every == 0 or done:
+                    rows.append({"step": step, "seconds": elapsed,
+                                 "model_evaluations": counted.calls, "value": evaluation(),
                                  "params": _constrained_params(names)})
         except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
             errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"

@@ -40,6 +40,16 @@ def test_options_without_the_command_and_a_subset_of_methods(capsys, tmp_path):
     assert "ppca" in out and "MCEM" in out and "IWAE" not in out
 
 
+def test_a_budget_of_model_evaluations(capsys, tmp_path):
+    argv = ["--methods", "elbo,iwae", "--budget", "60", "--max-evaluations", "3",
+            "--eval-every", "1", "--num-data", "20", "--output", str(tmp_path)]
+    assert cli.main(argv) == 0
+    with open(tmp_path / "comparison.csv") as file:
+        rows = {row["method"]: row for row in csv.DictReader(file)}
+    assert all(int(row["model_evaluations"]) >= 3 for row in rows.values())
+    assert int(rows["Trace_ELBO (Pyro), AutoNormal"]["steps"]) == 3
+
+
 def test_gmm_uses_enumeration_and_exact_em(capsys, tmp_path):
     assert cli.main(["--model", "gmm", *TINY, "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -77,3 +87,14 @@ def test_help_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "pyro_lvmle.cli", "--help"],
                             capture_output=True, text=True, check=True)
     assert "compare" in result.stdout
+
+
+def test_compare_runs_on_each_device(capsys, tmp_path, device):
+    argv = ["compare", "--methods", "elbo,iwae,mcem", *TINY, "--device", device.type,
+            "--output", str(tmp_path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f", {device.type})" in out
+    assert "failed" not in out
+    with open(tmp_path / "comparison.csv") as file:
+        assert len(list(csv.DictReader(file))) == 3

@@ -127,3 +127,43 @@ def test_an_interruption_keeps_what_was_recorded():
                             budget={"steps": 5}, eval_every=1)
     assert list(comparison.records) == ["a"] and len(comparison.records["a"]) == 2
     assert comparison.info["interrupted"] == "a"
+
+
+def test_a_budget_of_model_evaluations_counts_every_run_of_the_model():
+    model, x = _setup()
+
+    class NoModelRun(Trace_ELBO):
+        """A planted fault for the counter: a loss whose steps never run the model."""
+
+        def loss_and_grads(self, model, guide, *args, **kwargs):
+            return 0.0
+
+    methods = {"Trace_ELBO": Trace_ELBO(), "MCEM": lv.MCEM(model, num_samples=10,
+                                                           warmup_steps=10, auto=False),
+               "silent": NoModelRun()}
+    comparison = lv.compare(methods, model, x, guide=AutoNormal(model),
+                            budget={"model_evaluations": 5}, eval_every=100)
+    table = {row["method"]: row for row in comparison.table()}
+    # one particle, one run of the model per step: the budget is exactly five steps
+    assert table["Trace_ELBO"]["steps"] == 5 and table["Trace_ELBO"]["model_evaluations"] == 5
+    # an MCEM iteration runs the model at every leapfrog step and L-BFGS iteration
+    assert table["MCEM"]["steps"] == 1 and table["MCEM"]["model_evaluations"] > 30
+    assert "no model evaluation" in comparison.errors["silent"]
+    rows = comparison.records["Trace_ELBO"]
+    assert [r["model_evaluations"] for r in rows] == [0, 5]
+    # the driver runs its own model again after the comparison
+    assert methods["MCEM"].model is model
+    with pytest.raises(ValueError, match="model_evaluations"):
+        lv.compare({"a": Trace_ELBO()}, model, x, budget={"model_evaluations": 0})
+
+
+def test_the_counted_model_stands_in_for_the_model():
+    from pyro_lvmle.compare import CountedModel
+
+    model, x = _setup()
+    counted = CountedModel(model)
+    assert counted == model and model == counted and hash(counted) == hash(model)
+    assert counted.log_marginal(x).shape == ()  # a reference model's methods
+    assert counted.calls == 0
+    pyro.poutine.trace(counted).get_trace(x)
+    assert counted.calls == 1

@@ -16,10 +16,10 @@ from __future__ import annotations
 from pyro.optim import PyroOptim
 
 from .._checks import check_int, check_positive
+from ..gradients.newton import assign_flat, flatten
 from ..traces import EnumeratedPosterior, guess_max_plate_nesting
 from .driver import Driver
 from .m_step import check_m_step, load_optim_state, maximize
-from .newton import assign_flat, flatten
 from .squarem import squarem_alpha, squarem_point
 
 #: SQUAREM's backtracking halvings of alpha - 1 before falling back to plain EM

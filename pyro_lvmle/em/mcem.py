@@ -31,10 +31,10 @@ import torch
 
 from .._checks import check_int, check_positive, check_probability
 from ..gradients import MCMCGradient
+from ..gradients.newton import assign_flat, flatten, louis_moments
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import check_m_step, load_optim_state, maximize
-from .newton import assign_flat, flatten, louis_moments
 from .newton_correction import CorrectionState, newton_correction
 
 __all__ = ["MCEM", "AscentDecision", "AscentRule", "ascent_rule"]

@@ -13,7 +13,7 @@ contraction:
     \bar\theta_k = \bar\theta_{k-1} + \gamma_k (\theta_k - \bar\theta_{k-1}),
 
 with :math:`\tilde I` the safeguarded observed information
-(:func:`~pyro_lvmle.em.newton.newton_step`) and :math:`I_c, I_m` Louis' moments averaged as
+(:func:`~pyro_lvmle.gradients.newton.newton_step`) and :math:`I_c, I_m` Louis' moments averaged as
 the Q-function is (over the last ``memory`` iterations while :math:`\gamma_k = 1`, by
 :math:`\gamma_k` afterwards). A Q-function that averages draws made at past iterates with
 weights :math:`\gamma_k` (SAEM's) has its maximizer near :math:`M` at their average
@@ -22,7 +22,7 @@ and :math:`\bar\theta_k = \theta_k`. (With SAEM's few transitions per iteration 
 corrected iterates move faster than the chains follow; measured on
 :class:`~pyro_lvmle.models.LogisticGrowth` it stalled at 0.1-0.2 below the maximum, so SAEM
 does not offer it: use :class:`~pyro_lvmle.em.StochasticNewton`.) The corrected point is accepted
-by :func:`~pyro_lvmle.em.newton.trust_region_step` (the importance estimate of the
+by :func:`~pyro_lvmle.gradients.newton.trust_region_step` (the importance estimate of the
 log-likelihood change from the iteration's draws); otherwise the M-step's point is kept.
 """
 
@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from .newton import assign_flat, flatten, trust_region_step
+from ..gradients.newton import assign_flat, flatten, trust_region_step
 from .schedules import stochastic_approximation
 
 __all__ = ["CorrectionState", "newton_correction"]
@@ -61,12 +61,12 @@ def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, mom
     :param CorrectionState state: the state before this iteration.
     :param leaves: the parameters (unconstrained leaves), holding :math:`\theta^{EM}_k`.
     :param torch.Tensor theta_k: :math:`\theta_k`, the draws' parameters, flat.
-    :param moments: :class:`~pyro_lvmle.em.newton.LouisMoments` at :math:`\theta_k`.
+    :param moments: :class:`~pyro_lvmle.gradients.newton.LouisMoments` at :math:`\theta_k`.
     :param float gamma: :math:`\gamma_k`.
     :param evaluate: ``evaluate() -> (m,)`` log joints at the draws at the leaves' values.
     :param torch.Tensor before: the log joints at :math:`\theta_k`.
     :param int memory: the information's averaging window while :math:`\gamma_k = 1`.
-    :param float max_speedup: see :func:`~pyro_lvmle.em.newton.newton_step`.
+    :param float max_speedup: see :func:`~pyro_lvmle.gradients.newton.newton_step`.
     :param float max_radius: the trust region's largest radius.
     :returns: the new state and the iteration's metrics (``newton_accepted``,
         ``fraction_missing``, ``log_likelihood_change``).
@@ -74,7 +74,7 @@ def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, mom
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import LouisMoments
+        >>> from pyro_lvmle.gradients.newton import LouisMoments
         >>> from pyro_lvmle.em.newton_correction import CorrectionState, newton_correction
         >>> z = torch.randn(2000)          # p(z | x; theta) = N(theta, 1) at theta = 0
         >>> theta = torch.zeros(1)

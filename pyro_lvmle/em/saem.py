@@ -32,11 +32,11 @@ import torch
 
 from .._checks import check_callable, check_int, check_probability
 from ..gradients import MCMCGradient
+from ..gradients.newton import flatten
 from .burn_in import MIN_BURN_IN, record_burn_in
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import maximize
-from .newton import flatten
 from .schedules import saem_step_size, stochastic_approximation
 
 __all__ = ["SAEM", "resample", "stochastic_approximation", "update_memory"]

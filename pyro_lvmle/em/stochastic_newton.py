@@ -3,14 +3,14 @@ same persistent chains, averaged by stochastic approximation (Gu & Kong 1998).
 
 Iteration :math:`k` advances the chains at :math:`\theta_k`, computes the gradient
 :math:`g_k` and Louis' moments :math:`I_{c,k}, I_{m,k}` from the kept draws
-(:func:`~pyro_lvmle.em.newton.louis_moments`), averages the moments,
+(:func:`~pyro_lvmle.gradients.newton.louis_moments`), averages the moments,
 
 .. math::
 
     \bar I_{\cdot,k} = \bar I_{\cdot,k-1} + \gamma_k (I_{\cdot,k} - \bar I_{\cdot,k-1}),
 
 and steps :math:`\theta_{k+1} = \theta_k + \gamma_k \tilde I_k^{-1} g_k`
-(:func:`~pyro_lvmle.em.newton.newton_step`, safeguarded). The burn-in (:math:`\gamma_k = 1`,
+(:func:`~pyro_lvmle.gradients.newton.newton_step`, safeguarded). The burn-in (:math:`\gamma_k = 1`,
 Monte Carlo Newton-Raphson) ends when the parameters stop trending
 (:func:`~pyro_lvmle.em.burn_in.trend_test`); then :math:`\gamma_k = (k - K_1)^{-\alpha}`
 averages the noise away. The rate does not depend on the fraction of missing information.
@@ -24,10 +24,10 @@ import torch
 
 from .._checks import check_int, check_positive
 from ..gradients import MCMCGradient
+from ..gradients.newton import assign_flat, flatten, louis_moments, trust_region_step
 from .burn_in import MIN_BURN_IN, record_burn_in
 from .driver import Driver
 from .kernel_options import check_kernel_options
-from .newton import assign_flat, flatten, louis_moments, trust_region_step
 from .schedules import stochastic_approximation
 
 __all__ = ["StochasticNewton"]
@@ -50,7 +50,7 @@ class StochasticNewton(Driver):
     :param float alpha: the decay exponent of :math:`\gamma_k = (k - K_1)^{-\alpha}` after
         the burn-in, in :math:`(\tfrac12, 1]`.
     :param float max_speedup: the most Newton may outrun EM along any direction (see
-        :func:`~pyro_lvmle.em.newton.newton_step`).
+        :func:`~pyro_lvmle.gradients.newton.newton_step`).
     :param int memory: during the burn-in, the information is averaged over about this many
         iterations (afterwards, by :math:`\gamma_k` like the parameters).
     :param float max_step: the trust region's largest radius (complete-information metric;
@@ -162,7 +162,7 @@ class StochasticNewton(Driver):
                 "accept_prob": draws.diagnostics["accept_prob"]}
 
     def _move(self, leaves, gradient, gamma, potential, flat, before):
-        """Take :func:`~pyro_lvmle.em.newton.trust_region_step` from the current leaves."""
+        """Take :func:`~pyro_lvmle.gradients.newton.trust_region_step` from the current leaves."""
         start = flatten(leaves)
 
         def evaluate(step):

@@ -14,9 +14,15 @@ four methods.
       \pi_\beta(z) \propto p(z)\, p(x \mid z)^\beta, \qquad \beta_0 = 0 < \dots < \beta_K = 1,
 
   with HMC transitions (step sizes per temperature from a pilot run,
-  :func:`~pyro_lvmle.evidence.tuning.pilot_step_sizes`), batched over chains. The HMC
-  accept is joint over all the data, so one AIS weight covers the whole batch: no per-datum
-  values (each datum's factor of the weight is not a valid weight on its own).
+  :func:`~pyro_lvmle.evidence.tuning.pilot_step_sizes`), batched over chains. Where the
+  latents are local (every site in one plate over the data, not subsampled), the posterior
+  factors over the data and so does the path: each datum's chains accept their moves on
+  their own and carry their own weights (:class:`~pyro_lvmle.traces.LocalTarget`),
+  giving an estimate of :math:`\log p(x_n)` per datum, and
+  :math:`\log p(x) = \sum_n \log p(x_n)` with the variances of the data's estimates
+  summed. Otherwise (a global latent) the accept is joint over all the data and one weight
+  covers the whole batch: no per-datum values (each datum's factor of that weight is not a
+  valid weight on its own).
 - ``"bdmc"``: bidirectional Monte Carlo (Grosse et al. 2015). Data :math:`\tilde x` are
   simulated from the model together with the latents :math:`\tilde z` that produced them, an
   exact posterior draw. Forward AIS on :math:`\tilde x` gives a stochastic lower bound on
@@ -28,16 +34,19 @@ four methods.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import torch
 
 from .._checks import check_int
 from ..samplers import BatchedKernel, hmc_step
 from ..traces import Potential, conditioned, guess_max_plate_nesting, simulate
+from ..traces.local import LocalTarget, local_plate
 from ..traces.params import enumerated_log_marginal, has_only_enumerable_latents
 from .ais import annealed_importance_sampling, check_betas
-from .estimate import Estimate
+from .estimate import Estimate, log_mean_exp
 from .importance import importance_log_marginal
 from .tuning import pilot_step_sizes
 
@@ -95,11 +104,12 @@ def log_marginal(model, *args, guide=None, method: str = "exact", num_samples: i
     :param kwargs: the model's keyword arguments.
     :returns: an :class:`~pyro_lvmle.evidence.Estimate`: ``value`` and ``stderr``; ``lower``
         for the sampling methods (their estimate is a stochastic lower bound) and ``upper``
-        for ``"bdmc"``; ``per_datum`` for ``"exact"`` (closed forms) and ``"is"`` when the
-        latents are local; ``diagnostics`` (``"is"``: ESS and PSIS :math:`\hat k` per datum;
-        ``"ais"``: ESS, acceptance, step sizes; ``"bdmc"``: the ``gap`` and the
-        ``simulated`` data and latents). For ``"bdmc"`` the value and bounds are those of the
-        simulated data, not of ``args``.
+        for ``"bdmc"``; ``per_datum`` for ``"exact"`` (closed forms), and for ``"is"``,
+        ``"ais"`` and ``"bdmc"`` when the latents are local; ``diagnostics`` (``"is"``: ESS
+        and PSIS :math:`\hat k` per datum; ``"ais"``: ESS (per datum when local),
+        acceptance, step sizes; ``"bdmc"``: the ``gap``, ``upper_stderr``,
+        ``upper_per_datum`` and the ``simulated`` data and latents). For ``"bdmc"`` the
+        value and bounds are those of the simulated data, not of ``args``.
     :raises ValueError: for an unknown method, a model ``"exact"`` cannot handle (it says
         which method to use instead), or invalid counts.
 
@@ -184,26 +194,60 @@ def _sampler(num_steps):
                          num_steps=num_steps)
 
 
-def _tuned(potential, betas, num_steps, num_transitions):
+class _View(NamedTuple):
+    """How AIS sees a potential: the path of targets, the split of its positions into chains,
+    and the number of data each chain's weight is split into (``None``: one joint weight)."""
+
+    path: Callable
+    split: Callable
+    num_data: int | None
+
+
+def _view(potential) -> _View:
+    """Per datum where the latents are local (:class:`~pyro_lvmle.traces.LocalTarget`: each
+    datum's moves accepted on their own, each its own weight), else the joint potential."""
+    plate = local_plate(potential)
+    if plate is None:
+        return _View(potential.tempered, lambda position: position, None)
+    local = LocalTarget(potential, plate)
+    return _View(local.tempered, local.split, local.num_data)
+
+
+def _tuned(potential, view, betas, num_steps, num_transitions):
     """The sampler and the pilot's step sizes and masses along ``betas`` (increasing)."""
     sampler = _sampler(num_steps)
     # a pilot of 32 chains: the step size is shared, a few dozen acceptances per temperature
     # are enough to steer it
-    pilot = pilot_step_sizes(potential.tempered, potential.sample_prior(32), betas, sampler,
+    pilot = pilot_step_sizes(view.path, view.split(potential.sample_prior(32)), betas, sampler,
                              num_transitions=max(num_transitions, 2), adapt_mass=True)
     return sampler, pilot
 
 
+def _estimate(result, view, sign=1.0):
+    """The estimate of ``sign`` times the log mean weight: per datum, summed, where the view
+    splits the weights by datum."""
+    if view.num_data is None:
+        value, stderr = result.estimate.value, result.estimate.stderr
+        return sign * value, stderr, None, result.estimate.diagnostics
+    log_weights = result.log_weights.reshape(-1, view.num_data)
+    values, stderrs = log_mean_exp(log_weights, 0)
+    ess = (2 * torch.logsumexp(log_weights, 0) - torch.logsumexp(2 * log_weights, 0)).exp()
+    diagnostics = dict(result.estimate.diagnostics, ess=ess, min_ess=float(ess.min()),
+                       num_chains=log_weights.shape[0], stderr=stderrs)
+    return sign * values.sum(), stderrs.pow(2).sum().sqrt(), sign * values, diagnostics
+
+
 def _ais(potential, num_chains, betas, *, num_transitions, num_steps, tuned=None):
-    sampler, pilot = tuned or _tuned(potential, betas, num_steps, num_transitions)
-    start = potential.sample_prior(num_chains)
-    result = annealed_importance_sampling(potential.tempered, start, betas.to(start), sampler,
+    view = _view(potential)
+    sampler, pilot = tuned or _tuned(potential, view, betas, num_steps, num_transitions)
+    start = view.split(potential.sample_prior(num_chains))
+    result = annealed_importance_sampling(view.path, start, betas.to(start), sampler,
                                           num_transitions=num_transitions,
                                           step_sizes=pilot.step_sizes,
                                           inverse_masses=pilot.inverse_masses)
-    estimate = result.estimate
-    diagnostics = dict(estimate.diagnostics, step_sizes=pilot.step_sizes)
-    return estimate._replace(lower=estimate.value, diagnostics=diagnostics)
+    value, stderr, per_datum, diagnostics = _estimate(result, view)
+    return Estimate(value, stderr, lower=value, per_datum=per_datum, method="ais",
+                    diagnostics=dict(diagnostics, step_sizes=pilot.step_sizes))
 
 
 def _bdmc(model, args, kwargs, num_chains, betas, max_plate_nesting, *, num_transitions,
@@ -211,22 +255,24 @@ def _bdmc(model, args, kwargs, num_chains, betas, max_plate_nesting, *, num_tran
     observed, latent = simulate(model, args, kwargs)
     potential = Potential(conditioned(model, observed), args, kwargs,
                           max_plate_nesting=max_plate_nesting)
-    tuned = _tuned(potential, betas, num_steps, num_transitions)
+    view = _view(potential)
+    tuned = _tuned(potential, view, betas, num_steps, num_transitions)
     forward = _ais(potential, num_chains, betas, num_transitions=num_transitions,
                    num_steps=num_steps, tuned=tuned)
     sampler, pilot = tuned
     exact_draw = potential.pack({site.name: latent[site.name].unsqueeze(0)
                                  for site in potential.sites})
-    start = exact_draw.expand(num_chains, -1)
-    backward = annealed_importance_sampling(potential.tempered, start, betas.flip(0).to(start),
+    start = view.split(exact_draw.expand(num_chains, -1))
+    backward = annealed_importance_sampling(view.path, start, betas.flip(0).to(start),
                                             sampler, num_transitions=num_transitions,
                                             step_sizes=pilot.step_sizes.flip(0),
                                             inverse_masses=pilot.inverse_masses.flip(0))
-    upper = -backward.estimate.value
+    upper, upper_stderr, upper_per_datum, _ = _estimate(backward, view, sign=-1.0)
     gap = float(upper - forward.value)
-    diagnostics = dict(forward.diagnostics, gap=gap, upper_stderr=backward.estimate.stderr,
+    diagnostics = dict(forward.diagnostics, gap=gap, upper_stderr=upper_stderr,
+                       upper_per_datum=upper_per_datum,
                        simulated={"observed": observed, "latent": latent},
                        reverse_accept_prob=float(backward.accept_prob.mean())
                        if backward.accept_prob.numel() else math.nan)
     return Estimate(forward.value, forward.stderr, lower=forward.value, upper=upper,
-                    method="bdmc", diagnostics=diagnostics)
+                    per_datum=forward.per_datum, method="bdmc", diagnostics=diagnostics)

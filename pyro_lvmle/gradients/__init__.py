@@ -8,11 +8,13 @@ from .chain_loss import ChainLoss
 from .contrastive import ContrastiveDivergence
 from .fisher import MCMCGradient, empty_guide
 from .information import ObservedInformation, observed_information, standard_errors
+from .precondition import NewtonPreconditioner
 
 __all__ = [
     "ChainLoss",
     "ContrastiveDivergence",
     "MCMCGradient",
+    "NewtonPreconditioner",
     "ObservedInformation",
     "empty_guide",
     "observed_information",

@@ -32,8 +32,11 @@ import torch
 from .._checks import check_int
 from ..samplers import chain_diagnostics, make_sampler
 from ..traces import Potential, check_normalized
+from ..traces.params import call_with_params
 from ..traces.particles import guess_max_plate_nesting
 from .chain_loss import ChainLoss
+from .newton import assign_flat, flatten
+from .precondition import NewtonPreconditioner, PreconditionerState
 
 __all__ = ["Draws", "MCMCGradient", "empty_guide"]
 
@@ -86,6 +89,11 @@ class MCMCGradient(ChainLoss):
         restarts them from the prior on every call, Monte Carlo EM style.
     :param int thinning: transitions between kept states.
     :param int max_plate_nesting: the model's deepest plate nesting; guessed if ``None``.
+    :param precondition: ``None`` (the plain gradient), ``"full"`` or ``"diagonal"`` (a
+        :class:`~pyro_lvmle.NewtonPreconditioner` with its defaults) or a
+        :class:`~pyro_lvmle.NewtonPreconditioner`: the gradient becomes the Newton direction
+        :math:`\tilde I^{-1} g` with Louis' observed information from the same draws,
+        averaged over steps (see **Preconditioning**).
     :param sampler_options: the sampler's settings, as :func:`~pyro_lvmle.samplers.make_sampler`
         takes them: ``step_size``, ``num_steps`` (leapfrog steps of ``"hmc"``),
         ``target_accept``, ``adapt_mass``, ``shared_step_size``, ``discrete_step`` (``"mwg"``
@@ -97,6 +105,17 @@ class MCMCGradient(ChainLoss):
     starts from the prior and is warmed up with its batch. The plate's ``N/B`` scale makes the
     gradient an unbiased estimate of the full-data one (given mixed chains). Other data (a
     data set of another size) start new chains.
+
+    **Preconditioning.** With ``precondition``, :meth:`differentiable_loss` returns the same
+    value with the surrogate gradient :math:`-\tilde I^{-1} g` in the optimizer's
+    (unconstrained) coordinates, so ``loss``, ``loss_and_grads`` and ``.grad`` all carry the
+    preconditioned direction and ``pyro.optim.SGD({"lr": 0.5})`` takes damped Newton steps
+    whose rate does not depend on the parameters' scales (:doc:`em_slow`). It needs every
+    datum in each step (no subsampled plate); ``loss`` (no gradient) leaves the averaged
+    information as it was. The averaged information is :attr:`preconditioner_state`, saved
+    by :meth:`state_dict`, and the diagnostics gain ``decrement`` (the Newton decrement
+    :math:`g^\top \tilde I^{-1} g`), ``fraction_missing``, ``num_clamped``, ``radius``
+    and ``log_likelihood_change`` (the importance estimate for the full direction).
 
     **Diagnostics** of the last call are in :attr:`diagnostics`: ``accept_prob``,
     ``num_divergent``, ``step_size`` (mean over chains), ``ess`` (smallest effective sample
@@ -120,8 +139,16 @@ class MCMCGradient(ChainLoss):
 
     def __init__(self, kernel="nuts", num_samples: int = 1, warmup_steps: int = 100,
                  num_chains: int = 1, persistent: bool = True, thinning: int = 1, *,
-                 max_plate_nesting: int | None = None, **sampler_options):
+                 max_plate_nesting: int | None = None, precondition=None, **sampler_options):
         where = "MCMCGradient"
+        if isinstance(precondition, str) and precondition in ("full", "diagonal"):
+            precondition = NewtonPreconditioner(diagonal=precondition == "diagonal")
+        if not (precondition is None or isinstance(precondition, NewtonPreconditioner)):
+            raise ValueError(f"{where}: precondition must be None, 'full', 'diagonal' or a "
+                             f"NewtonPreconditioner, got {precondition!r}")
+        self.precondition = precondition
+        #: the preconditioner's averaged information (``None`` before the first gradient)
+        self.preconditioner_state: PreconditionerState | None = None
         self.num_samples = check_int(where, "num_samples", num_samples, 1)
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
         self.thinning = check_int(where, "thinning", thinning, 1)
@@ -141,7 +168,9 @@ class MCMCGradient(ChainLoss):
     def __repr__(self) -> str:
         return (f"MCMCGradient(kernel={self.kernel!r}, num_samples={self.num_samples}, "
                 f"warmup_steps={self.warmup_steps}, num_chains={self.num_chains}, "
-                f"persistent={self.persistent}, thinning={self.thinning})")
+                f"persistent={self.persistent}, thinning={self.thinning}"
+                + ("" if self.precondition is None else f", precondition={self.precondition!r}")
+                + ")")
 
 
     def draw(self, model, args=(), kwargs=None, num_samples: int | None = None) -> Draws:
@@ -190,10 +219,62 @@ class MCMCGradient(ChainLoss):
         :param guide: ignored (pass :func:`empty_guide`).
         """
         draws = self.draw(model, args, kwargs)
-        log_joint = draws.potential.log_joint(draws.positions.flatten(0, 1))
+        flat = draws.positions.flatten(0, 1)
+        plain = self.precondition is None or not torch.is_grad_enabled()
+        log_joint, params = (draws.potential.log_joint(flat), None) if plain \
+            else call_with_params(draws.potential.log_joint, flat)
         if not torch.isfinite(log_joint).all():
             raise ValueError(
                 "MCMCGradient: log p(x, z) is not finite at the chains' states; check the "
                 "model's parameters (a scale at 0, a probability at 0 or 1) and data"
             )
-        return -log_joint.mean()
+        return -log_joint.mean() if plain else self._preconditioned(draws, log_joint, params)
+
+    def _preconditioned(self, draws, log_joint, params) -> torch.Tensor:
+        r"""The loss's value with the surrogate gradient :math:`-\tilde I^{-1} g`."""
+        if draws.potential.batched_plates:
+            raise ValueError("MCMCGradient: precondition needs every datum in each step (the "
+                             "information of a mini-batch is not the data's); drop "
+                             "subsample_size or set precondition=None")
+        leaves = [leaf for leaf in params.values() if leaf.requires_grad]
+        if not leaves:
+            return -log_joint.mean()
+        start, flat = flatten(leaves), draws.positions.flatten(0, 1)
+
+        def evaluate(step):  # the log joints at the draws with the parameters moved
+            assign_flat(leaves, start + step)
+            with torch.no_grad():
+                return draws.potential.log_joint(flat)
+
+        try:
+            out, self.preconditioner_state = self.precondition(
+                self.preconditioner_state, log_joint, leaves, evaluate)
+        finally:
+            assign_flat(leaves, start)
+        step = out.newton
+        self.diagnostics.update(decrement=step.decrement, fraction_missing=step.fraction_missing,
+                                num_clamped=step.num_clamped, radius=out.radius,
+                                log_likelihood_change=out.change)
+        surrogate = -(step.step * torch.cat([leaf.reshape(-1) for leaf in leaves])).sum()
+        return -log_joint.mean().detach() + (surrogate - surrogate.detach())
+
+    def state_dict(self) -> dict:
+        """:meth:`ChainLoss.state_dict <pyro_lvmle.gradients.ChainLoss.state_dict>` and the
+        preconditioner's averaged information (``"precondition"``; ``None`` before the first
+        gradient or without preconditioning)."""
+        state = self.preconditioner_state
+        return {**super().state_dict(),
+                "precondition": None if state is None else state._asdict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s chains and averaged information.
+
+        :param dict state: as :meth:`state_dict` returned it.
+        """
+        super().load_state_dict(state)
+        saved = state.get("precondition")
+        if saved is not None and self.precondition is None:
+            raise ValueError("MCMCGradient.load_state_dict: the state holds a "
+                             "preconditioner's information but this loss has "
+                             "precondition=None; pass the same precondition as when saved")
+        self.preconditioner_state = None if saved is None else PreconditionerState(**saved)

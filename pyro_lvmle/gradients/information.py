@@ -26,8 +26,9 @@ from .._checks import check_int
 from ..traces import Potential
 from ..traces.particles import guess_max_plate_nesting
 from .fisher import MCMCGradient, empty_guide
+from .newton import louis_terms
 
-__all__ = ["ObservedInformation", "louis_terms", "observed_information", "standard_errors"]
+__all__ = ["ObservedInformation", "observed_information", "standard_errors"]
 
 
 class ObservedInformation(NamedTuple):
@@ -265,56 +266,6 @@ def _relative_min_eigenvalue(matrix, complete):
     half = torch.linalg.solve_triangular(chol, matrix, upper=False)
     whitened = torch.linalg.solve_triangular(chol, half.mT, upper=False)
     return torch.linalg.eigvalsh(0.5 * (whitened + whitened.mT)).min()
-
-
-def louis_terms(log_joint: torch.Tensor, leaves) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The two ingredients of Louis' identity from ``S`` draws: the per-draw complete-data
-    scores and the mean complete-data information,
-
-    .. math::
-
-        s_j = \nabla_\theta \log p(x, z_j; \theta), \qquad
-        \bar I_c = -\frac1S \sum_j \nabla^2_\theta \log p(x, z_j; \theta),
-
-    by one backward pass for the scores (the weights trick) and one per parameter
-    coordinate for the Hessian.
-
-    :param torch.Tensor log_joint: ``(S,)`` values of :math:`\log p(x, z_j; \theta)`, built
-        with a graph to the ``leaves``.
-    :param leaves: the parameter tensors :math:`\theta` (flattened and concatenated in order).
-    :returns: the scores ``(S, P)`` and :math:`\bar I_c` ``(P, P)``, symmetrized, detached.
-
-    Example::
-
-        >>> import torch
-        >>> from pyro_lvmle.gradients.information import louis_terms
-        >>> theta = torch.tensor([0.5], requires_grad=True)
-        >>> z = torch.tensor([0.0, 1.0])
-        >>> scores, complete = louis_terms(-0.5 * (z - theta) ** 2, [theta])
-        >>> scores[:, 0], complete
-        (tensor([-0.5000,  0.5000]), tensor([[1.]]))
-    """
-    leaves = list(leaves)
-    with torch.enable_grad():
-        weights = torch.ones_like(log_joint, requires_grad=True)
-        firsts = torch.autograd.grad(log_joint, leaves, grad_outputs=weights, create_graph=True,
-                                     allow_unused=True)
-        grad_sum = torch.cat([(torch.zeros_like(leaf) if g is None else g).reshape(-1)
-                              for leaf, g in zip(leaves, firsts, strict=True)])
-        per_sample, hessian = [], []
-        for p in range(grad_sum.numel()):
-            if not grad_sum[p].requires_grad:  # the parameter does not enter log p
-                per_sample.append(torch.zeros_like(log_joint))
-                hessian.append(torch.zeros_like(grad_sum))
-                continue
-            g_p, *h_p = torch.autograd.grad(grad_sum[p], [weights, *leaves], retain_graph=True,
-                                            allow_unused=True)
-            per_sample.append(torch.zeros_like(log_joint) if g_p is None else g_p)
-            hessian.append(torch.cat([(torch.zeros_like(leaf) if h is None else h).reshape(-1)
-                                      for leaf, h in zip(leaves, h_p, strict=True)]))
-    grads = torch.stack(per_sample, -1).detach()  # (S, P)
-    complete = -torch.stack(hessian).detach() / log_joint.shape[0]
-    return grads, 0.5 * (complete + complete.T)
 
 
 def standard_errors(model, *args, return_mc_error: bool = False, **kwargs):

@@ -7,6 +7,7 @@ log-weight components every objective needs, with plate and subsampling bookkeep
 
 from .discrete import MAX_ENUMERATED_SUPPORT, DiscreteBlock
 from .enum import EnumeratedPosterior
+from .local import LocalTarget, local_plate
 from .normalization import check_model, check_normalized, unnormalized_sites
 from .particles import (
     PARTICLE_PLATE,
@@ -24,6 +25,7 @@ __all__ = [
     "DiscreteBlock",
     "EnumeratedPosterior",
     "LatentSite",
+    "LocalTarget",
     "MAX_ENUMERATED_SUPPORT",
     "PARTICLE_PLATE",
     "Potential",
@@ -34,6 +36,7 @@ __all__ = [
     "check_programs",
     "conditioned",
     "guess_max_plate_nesting",
+    "local_plate",
     "particle_terms",
     "simulate",
     "unnormalized_sites",

@@ -6,8 +6,8 @@ Monte Carlo error, where EM moves only a tenth of the way."""
 import torch
 
 import pyro_lvmle as lv
-from pyro_lvmle.em.newton import louis_moments
 from pyro_lvmle.em.newton_correction import CorrectionState, newton_correction
+from pyro_lvmle.gradients.newton import louis_moments
 
 
 def test_one_corrected_step_reaches_the_linear_gaussian_mle():

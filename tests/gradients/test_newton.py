@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pyro_lvmle as lv
-from pyro_lvmle.em.newton import importance_log_ratio, louis_moments, newton_step
+from pyro_lvmle.gradients.newton import importance_log_ratio, louis_moments, newton_step
 from tests.common import assert_within_stderr
 
 

@@ -43,10 +43,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..gradients.information import louis_terms
-
 __all__ = ["LouisMoments", "NewtonStep", "TrustRegionStep", "importance_log_ratio",
-           "assign_flat", "flatten", "louis_moments", "newton_step",
+           "assign_flat", "flatten", "louis_moments", "louis_terms", "newton_step",
            "trust_region_step"]
 
 
@@ -71,9 +69,59 @@ class LouisMoments(NamedTuple):
         return self.complete - self.missing
 
 
+def louis_terms(log_joint: torch.Tensor, leaves) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The two ingredients of Louis' identity from ``S`` draws: the per-draw complete-data
+    scores and the mean complete-data information,
+
+    .. math::
+
+        s_j = \nabla_\theta \log p(x, z_j; \theta), \qquad
+        \bar I_c = -\frac1S \sum_j \nabla^2_\theta \log p(x, z_j; \theta),
+
+    by one backward pass for the scores (the weights trick) and one per parameter
+    coordinate for the Hessian.
+
+    :param torch.Tensor log_joint: ``(S,)`` values of :math:`\log p(x, z_j; \theta)`, built
+        with a graph to the ``leaves``.
+    :param leaves: the parameter tensors :math:`\theta` (flattened and concatenated in order).
+    :returns: the scores ``(S, P)`` and :math:`\bar I_c` ``(P, P)``, symmetrized, detached.
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.gradients.newton import louis_terms
+        >>> theta = torch.tensor([0.5], requires_grad=True)
+        >>> z = torch.tensor([0.0, 1.0])
+        >>> scores, complete = louis_terms(-0.5 * (z - theta) ** 2, [theta])
+        >>> scores[:, 0], complete
+        (tensor([-0.5000,  0.5000]), tensor([[1.]]))
+    """
+    leaves = list(leaves)
+    with torch.enable_grad():
+        weights = torch.ones_like(log_joint, requires_grad=True)
+        firsts = torch.autograd.grad(log_joint, leaves, grad_outputs=weights, create_graph=True,
+                                     allow_unused=True)
+        grad_sum = torch.cat([(torch.zeros_like(leaf) if g is None else g).reshape(-1)
+                              for leaf, g in zip(leaves, firsts, strict=True)])
+        per_sample, hessian = [], []
+        for p in range(grad_sum.numel()):
+            if not grad_sum[p].requires_grad:  # the parameter does not enter log p
+                per_sample.append(torch.zeros_like(log_joint))
+                hessian.append(torch.zeros_like(grad_sum))
+                continue
+            g_p, *h_p = torch.autograd.grad(grad_sum[p], [weights, *leaves], retain_graph=True,
+                                            allow_unused=True)
+            per_sample.append(torch.zeros_like(log_joint) if g_p is None else g_p)
+            hessian.append(torch.cat([(torch.zeros_like(leaf) if h is None else h).reshape(-1)
+                                      for leaf, h in zip(leaves, h_p, strict=True)]))
+    grads = torch.stack(per_sample, -1).detach()  # (S, P)
+    complete = -torch.stack(hessian).detach() / log_joint.shape[0]
+    return grads, 0.5 * (complete + complete.T)
+
+
 def louis_moments(log_joint: torch.Tensor, leaves, ess: float | None = None) -> LouisMoments:
     """:class:`LouisMoments` of ``log_joint`` (``(m,)`` values at the draws, with a graph to
-    the ``leaves``), by :func:`~pyro_lvmle.gradients.information.louis_terms`.
+    the ``leaves``), by :func:`louis_terms`.
 
     :param torch.Tensor log_joint: :math:`\\log p(x, z_j; \\theta)`, ``(m,)``.
     :param leaves: the parameter tensors.
@@ -82,7 +130,7 @@ def louis_moments(log_joint: torch.Tensor, leaves, ess: float | None = None) -> 
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import louis_moments
+        >>> from pyro_lvmle.gradients.newton import louis_moments
         >>> theta = torch.tensor([0.0], requires_grad=True)
         >>> z = torch.tensor([-1.0, 1.0, 2.0])
         >>> louis_moments(-0.5 * (z - theta) ** 2, [theta]).gradient
@@ -150,7 +198,7 @@ def newton_step(gradient: torch.Tensor, complete: torch.Tensor, missing: torch.T
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import newton_step
+        >>> from pyro_lvmle.gradients.newton import newton_step
         >>> g, complete = torch.tensor([1.0]), torch.tensor([[10.0]])
         >>> newton_step(g, complete, torch.tensor([[9.0]])).step   # EM would move 0.1
         tensor([1.])
@@ -200,7 +248,7 @@ def importance_log_ratio(before: torch.Tensor, after: torch.Tensor,
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import importance_log_ratio
+        >>> from pyro_lvmle.gradients.newton import importance_log_ratio
         >>> importance_log_ratio(torch.zeros(4), torch.full((4,), 0.5))
         (0.5, 0.0)
     """
@@ -233,7 +281,8 @@ class TrustRegionStep(NamedTuple):
 def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: torch.Tensor,
                       gamma: float, radius: float, evaluate, before: torch.Tensor, *,
                       max_speedup: float = 100.0, max_radius: float = 10.0,
-                      max_tries: int = 12, min_ess: float = 0.1) -> TrustRegionStep:
+                      max_tries: int = 12, min_ess: float = 0.1,
+                      solve=newton_step) -> TrustRegionStep:
     """The safeguarded Newton step: :func:`newton_step` within ``radius``, accepted if
     ``evaluate(step)`` (the log joints at the draws after moving by ``step``) is finite, the
     importance weights are usable (their effective sample size at least ``min_ess`` of the
@@ -255,11 +304,13 @@ def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: t
     :param float max_radius: the largest radius.
     :param int max_tries: trials before giving up (a zero step).
     :param float min_ess: the smallest effective fraction of importance weights accepted.
+    :param solve: the step within a radius, called as :func:`newton_step` is (a diagonal
+        form, for instance).
 
     Example::
 
         >>> import torch
-        >>> from pyro_lvmle.em.newton import trust_region_step
+        >>> from pyro_lvmle.gradients.newton import trust_region_step
         >>> z = torch.randn(1000)
         >>> def evaluate(step):   # log p(x, z; theta) = -(z - theta)^2 / 2 at theta = step
         ...     return -0.5 * (z - step) ** 2
@@ -269,8 +320,8 @@ def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: t
         True
     """
     for _ in range(max_tries):
-        step = newton_step(gradient, complete, missing, gamma, max_speedup=max_speedup,
-                           max_step=radius)
+        step = solve(gradient, complete, missing, gamma, max_speedup=max_speedup,
+                     max_step=radius)
         after = evaluate(step.step)
         if torch.isfinite(after).all():
             change, se = importance_log_ratio(before, after)
