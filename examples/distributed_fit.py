@@ -7,12 +7,15 @@ Launch with two processes (gloo on CPU; NCCL with ``--backend nccl`` on GPUs)::
 Each process holds a shard of the data and runs the same model on it, the plate declared
 over the *whole* data set with this rank's global indices (so Pyro scales each rank's loss
 to the full data); :class:`pyro_lvmle.parallel.DataParallel` averages the gradients over the
-ranks, so every rank takes the same step. Fitted two ways:
+ranks, so every rank takes the same step. Fitted three ways:
 
 * SVI with the importance-weighted bound (:class:`pyro_lvmle.TraceIWAE_ELBO`, 8 particles)
   and a mean-field guide with one location per datum (each rank touches only its own rows);
 * SGD on Fisher's identity (:class:`pyro_lvmle.MCMCGradient`, batched HMC chains kept per
-  datum: each rank's chains are those of its own data).
+  datum: each rank's chains are those of its own data);
+* stochastic-approximation EM (:class:`pyro_lvmle.SAEM`, generic form) with
+  ``ranks=RankSum()``: each rank keeps the HMC chains of its data, and the Q-function's value
+  and gradient are summed over the ranks in every M-step, so every rank takes the same one.
 
 The exact log-likelihood of each fit and of the closed-form MLE (Tipping & Bishop 1999,
 :class:`pyro_lvmle.models.PPCA`) are printed by rank 0. Run without ``torchrun`` it fits in
@@ -33,7 +36,7 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 import pyro_lvmle as lv
-from pyro_lvmle.parallel import DataParallel, shard
+from pyro_lvmle.parallel import DataParallel, RankSum, shard
 
 DATA_DIM, LATENT_DIM = 6, 2
 
@@ -68,6 +71,19 @@ def fit(name, loss, guide_fn, x, idx, num_data, num_steps, lr):
     return name, params, seconds
 
 
+def fit_saem(x, idx, num_data, num_steps):
+    """SAEM on this rank's shard, its sums over data reduced across the ranks."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1 + distributed.get_rank())
+    saem = lv.SAEM(model, "hmc", burn_in=num_steps // 2, num_chains=2, warmup_steps=50,
+                   m_steps=10, ranks=RankSum())
+    start = time.perf_counter()
+    saem.run(x[idx], idx, num_data, num_steps=num_steps, progress=False)
+    seconds = time.perf_counter() - start
+    params = {n: pyro.param(n).detach() for n in ("W", "mu", "sigma")}
+    return "SAEM (HMC)", params, seconds
+
+
 def main(quick: bool = False, backend: str = "gloo"):
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
@@ -89,6 +105,7 @@ def main(quick: bool = False, backend: str = "gloo"):
         fit("SGD + MCMCGradient (HMC)", lv.MCMCGradient("hmc", num_samples=1, warmup_steps=50,
                                                         num_chains=1), lv.empty_guide,
             data, idx, num_data, num_steps, 0.02),
+        fit_saem(data, idx, num_data, 40 if quick else 200),
     ]
     best = reference.log_marginal(data, reference.mle(data)).item() / num_data
     if rank == 0:

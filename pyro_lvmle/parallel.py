@@ -27,25 +27,20 @@ and its error (the failing rank re-raises its own error). A rank that dies witho
 from __future__ import annotations
 
 import torch
-import torch.distributed as distributed
 from pyro.infer import ELBO
 
 from ._checks import check_int
+from .em.ranks import (
+    RankFailure,
+    RankSum,
+    all_reduce_sum,
+    collective_device,
+    exchange_status,
+    world,
+)
 from .traces.params import call_with_params
 
-__all__ = ["DataParallel", "RankFailure", "shard"]
-
-
-class RankFailure(RuntimeError):
-    """Another rank of a data-parallel run raised; the message names the rank and its error."""
-
-
-def _world(group=None) -> tuple[int, int]:
-    if not (distributed.is_available() and distributed.is_initialized()):
-        raise ValueError("pyro_lvmle.parallel: torch.distributed is not initialized; call "
-                         "torch.distributed.init_process_group(...) in each process first "
-                         "(torchrun sets the environment it reads)")
-    return distributed.get_rank(group), distributed.get_world_size(group)
+__all__ = ["DataParallel", "RankFailure", "RankSum", "shard"]
 
 
 def shard(num_data: int, rank: int | None = None, world_size: int | None = None
@@ -65,7 +60,7 @@ def shard(num_data: int, rank: int | None = None, world_size: int | None = None
     """
     num_data = check_int("shard", "num_data", num_data, 1)
     if rank is None or world_size is None:
-        group_rank, group_size = _world()
+        group_rank, group_size = world()
         rank = group_rank if rank is None else rank
         world_size = group_size if world_size is None else world_size
     world_size = check_int("shard", "world_size", world_size, 1, num_data)
@@ -73,37 +68,6 @@ def shard(num_data: int, rank: int | None = None, world_size: int | None = None
     base, extra = divmod(num_data, world_size)
     start = rank * base + min(rank, extra)
     return torch.arange(start, start + base + (rank < extra))
-
-
-def _device(group) -> torch.device:
-    """Where the backend's collectives take tensors: the current GPU for NCCL, else the CPU."""
-    if distributed.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _exchange_status(error: BaseException | None, numel: int, group) -> None:
-    """One small ``all_gather``: whether each rank failed and how many gradient entries it
-    holds; raise on every rank if any failed or if the ranks' parameters differ."""
-    rank, world_size = _world(group)
-    status = torch.tensor([float(error is not None), float(numel)], device=_device(group),
-                          dtype=torch.float64)
-    gathered = [torch.empty_like(status) for _ in range(world_size)]
-    distributed.all_gather(gathered, status, group=group)
-    failed = [r for r, s in enumerate(gathered) if s[0] > 0]
-    if failed:
-        messages = [None] * world_size
-        text = None if error is None else \
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        distributed.all_gather_object(messages, text, group=group)
-        if error is not None:
-            raise error
-        raise RankFailure("; ".join(f"rank {r} raised {messages[r]}" for r in failed))
-    sizes = {int(s[1]) for s in gathered}
-    if len(sizes) > 1:
-        raise ValueError(f"DataParallel: the ranks' parameters differ (gradient sizes "
-                         f"{[int(s[1]) for s in gathered]}, this is rank {rank}); every rank "
-                         "must run the same model and guide")
 
 
 class DataParallel(ELBO):
@@ -154,9 +118,9 @@ class DataParallel(ELBO):
             value = float(self.inner.loss(model, guide, *args, **kwargs))
         except Exception as caught:  # every rank must learn of it before the next collective
             error = caught
-        _exchange_status(error, 0, self.group)
+        exchange_status(error, 0, self.group)
         return self._mean([torch.tensor([value], dtype=torch.float64,
-                                        device=_device(self.group))])[0].item()
+                                        device=collective_device(self.group))])[0].item()
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """This rank's differentiable loss (average it across ranks with DDP)."""
@@ -175,9 +139,9 @@ class DataParallel(ELBO):
         leaves = [params[name] for name in names]
         grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
                  for leaf in leaves]
-        _exchange_status(error, sum(g.numel() for g in grads) + 1, self.group)
-        loss_value = torch.tensor([float(value)], dtype=torch.float64,
-                                  device=grads[0].device if grads else _device(self.group))
+        exchange_status(error, sum(g.numel() for g in grads) + 1, self.group)
+        device = grads[0].device if grads else collective_device(self.group)
+        loss_value = torch.tensor([float(value)], dtype=torch.float64, device=device)
         averaged = self._mean([loss_value] + grads)
         for leaf, grad in zip(leaves, averaged[1:], strict=True):
             if leaf.requires_grad:
@@ -186,15 +150,8 @@ class DataParallel(ELBO):
 
     def _mean(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each tensor's mean over ranks, by one ``all_reduce`` of them flattened."""
-        _, world_size = _world(self.group)
-        flat = torch.cat([t.reshape(-1).to(tensors[-1]) for t in tensors])
-        distributed.all_reduce(flat, group=self.group)
-        flat = flat / world_size
-        out, start = [], 0
-        for t in tensors:
-            out.append(flat[start:start + t.numel()].view_as(t).to(t.dtype))
-            start += t.numel()
-        return out
+        _, world_size = world(self.group)
+        return [t / world_size for t in all_reduce_sum(tensors, self.group, exchange=False)]
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("DataParallel draws no traces itself; its wrapped loss does")

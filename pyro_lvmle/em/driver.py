@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .._checks import check_callable, check_int
 from ..traces.params import assign_params, program_params
 from .history import History
+from .ranks import OneProcess, RankFailure, RankSum
 from .restarts import monte_carlo_objective, run_restarts
 from .state import (
     STATE_KIND,
@@ -52,6 +53,10 @@ class Driver:
     :param model: the Pyro model whose ``pyro.param`` sites are estimated.
     :param record_params: record parameter values in the :class:`History` each step: ``True``
         (those with at most 1000 elements), ``False``, or a list of names.
+    :param ranks: a :class:`~pyro_lvmle.em.ranks.RankSum` for a data-parallel run (each
+        process holds a shard of the data; the driver's sums over data are reduced across
+        processes, so every process takes the same steps and records the same history but
+        for the ``time`` column, its own), or ``None`` for one process.
 
     :ivar int iteration: completed steps.
     :ivar History history: the record of every completed step.
@@ -63,15 +68,20 @@ class Driver:
     #: whether a state's ``params`` may hold values of parameters other than the model's
     _params_beyond_model = False
 
-    def __init__(self, model, *, record_params=True):
+    def __init__(self, model, *, record_params=True, ranks=None):
         check_callable(type(self).__name__, "model", model, "a callable Pyro model")
         if not isinstance(record_params, (bool, list, tuple)) or (
                 isinstance(record_params, (list, tuple))
                 and not all(isinstance(n, str) for n in record_params)):
             raise TypeError(f"{type(self).__name__}: record_params must be True, False or a "
                             f"list of parameter names, got {record_params!r}")
+        if ranks is not None and not isinstance(ranks, RankSum):
+            raise TypeError(f"{type(self).__name__}: ranks must be None or a "
+                            f"lv.parallel.RankSum(), got {ranks!r}")
         self.model = model
         self.record_params = record_params
+        #: sums over the processes of a data-parallel run (:class:`~pyro_lvmle.em.ranks.RankSum`)
+        self.ranks = OneProcess() if ranks is None else ranks
         self.iteration = 0
         self.history = History()
         self.converged = False
@@ -161,15 +171,19 @@ class Driver:
         checkpoint = None
         try:
             self._discover(args, kwargs)  # first step: the parameters exist from here on
+            if fresh and self.iteration == 0:  # every rank starts from rank 0's parameters
+                self.ranks.broadcast(self.model_params(*args, **kwargs).values())
             checkpoint = clone_state(self.state_dict(with_history=False))
             start = time.perf_counter()
             metrics = self._step(args, kwargs)
-        except BaseException:
+        except BaseException as error:
             if checkpoint is not None:
                 self._restore(checkpoint)
             set_rng_state(rng)
             if fresh:
                 self._forget_names()
+            if isinstance(error, Exception) and not isinstance(error, RankFailure):
+                self.ranks.fail(error)  # the other ranks raise instead of waiting for this one
             raise
         self._elapsed += time.perf_counter() - start
         self.iteration += 1
@@ -251,6 +265,9 @@ class Driver:
         if init_params is not None:
             check_callable(where, "init_params", init_params,
                            "callable as init_params(restart, *args, **kwargs) -> dict")
+        if num_restarts > 1 and self.ranks.distributed:
+            raise ValueError(f"{where}: restarts are not data-parallel (each rank would start "
+                             "from its own shard's initial values); run num_restarts=1")
         if num_restarts == 1 and init_params is None:
             return self._run(args, kwargs, num_steps, progress, callback)
         return run_restarts(self, args, kwargs, num_steps, progress, callback, num_restarts,

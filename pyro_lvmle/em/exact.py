@@ -47,6 +47,11 @@ class ExactEM(Driver):
         three EM updates. The metric ``em_updates`` (with SQUAREM only) counts them.
     :param int max_plate_nesting: guessed if ``None``.
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
+    :param ranks: a :class:`~pyro_lvmle.em.ranks.RankSum` for a data-parallel run: each rank
+        computes the exact posterior of its shard; the Q-function's value and gradient in the
+        M-step and the log-likelihood are summed across ranks, so every rank takes the same
+        steps. Needs ``"lbfgs"`` or a ``pyro.optim`` M-step (a closed-form one would see one
+        shard's marginals).
 
     Metrics per step: ``log_likelihood`` (exact, at the parameters after the step) and
     ``increase`` (over the step). Restarts (:meth:`~pyro_lvmle.em.Driver.run` with
@@ -74,11 +79,14 @@ class ExactEM(Driver):
 
     def __init__(self, model, m_step="lbfgs", *, m_steps: int = 100, tol: float = 1e-8,
                  acceleration: str | None = None, max_plate_nesting: int | None = None,
-                 record_params=True):
-        super().__init__(model, record_params=record_params)
+                 record_params=True, ranks=None):
+        super().__init__(model, record_params=record_params, ranks=ranks)
         self.closed_form = callable(m_step) and not isinstance(m_step, PyroOptim)
         if not self.closed_form:
             check_m_step(m_step, m_steps, "ExactEM")
+        elif self.ranks.distributed:
+            raise ValueError("ExactEM: a closed-form m_step sees only this rank's marginals; "
+                             "use m_step='lbfgs' (or a pyro.optim optimizer) with ranks")
         tol = check_positive("ExactEM", "tol", tol)
         if max_plate_nesting is not None:
             check_int("ExactEM", "max_plate_nesting", max_plate_nesting, low=0)
@@ -105,17 +113,20 @@ class ExactEM(Driver):
         if self.max_plate_nesting is None:
             self.max_plate_nesting = guess_max_plate_nesting(self.model, lambda *a, **k: None,
                                                              args, kwargs)
-        posterior = EnumeratedPosterior(self.model, args, kwargs, self.max_plate_nesting)
+        share = self.ranks.share(self.model, args, kwargs) if self.ranks.distributed else None
+        posterior = EnumeratedPosterior(self.model, args, kwargs, self.max_plate_nesting,
+                                        data_share=share)
         self._posterior = (args, kwargs, posterior)
         return posterior
 
     def restart_objective(self, *args, **kwargs) -> float:
-        """The exact log-likelihood :math:`\\log p(x; \\theta)` at the current parameters.
+        """The exact log-likelihood :math:`\\log p(x; \\theta)` at the current parameters
+        (summed over the ranks of a data-parallel run).
 
         :param args: the model's arguments.
         :param kwargs: its keyword arguments.
         """
-        return self.posterior(*args, **kwargs).log_marginal.item()
+        return self.ranks.sum([self.posterior(*args, **kwargs).log_marginal])[0].item()
 
     def _update(self, args, kwargs, params) -> float:
         """One EM update from the current parameters; the log-likelihood after it."""
@@ -124,13 +135,13 @@ class ExactEM(Driver):
             self.set_params(self.m_step(posterior.marginals(), *args, **kwargs))
         else:
             maximize(posterior.expected_log_joint, params, self.m_step, m_steps=self.m_steps,
-                     where="ExactEM M-step")
+                     where="ExactEM M-step", ranks=self.ranks)
         self._posterior = None
-        return self.posterior(*args, **kwargs).log_marginal.item()
+        return self.restart_objective(*args, **kwargs)
 
     def _step(self, args, kwargs):
         params = self.model_params(*args, **kwargs)
-        before = self.posterior(*args, **kwargs).log_marginal.item()
+        before = self.restart_objective(*args, **kwargs)
         if self.acceleration is None:
             after = self._update(args, kwargs, params)
             self.converged = abs(after - before) < self.tol
@@ -152,7 +163,7 @@ class ExactEM(Driver):
                 break
             assign_flat(params.values(), squarem_point(theta0, theta1, theta2, alpha))
             self._posterior = None
-            value = self.posterior(*args, **kwargs).log_marginal.item()
+            value = self.restart_objective(*args, **kwargs)
             if value >= second:  # NaN fails too
                 break
             alpha = (alpha - 1) / 2 if alpha < -1.01 else -1.0

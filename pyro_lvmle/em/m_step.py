@@ -39,13 +39,16 @@ def load_optim_state(optim: PyroOptim, state: dict) -> None:
 
 
 def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,
-             m_steps: int = 100, tol: float = 1e-9, where: str = "M-step") -> int:
+             m_steps: int = 100, tol: float = 1e-9, where: str = "M-step",
+             ranks=None) -> int:
     """Maximize ``objective()`` over the unconstrained parameter leaves, in place.
 
     With ``"lbfgs"``, :class:`torch.optim.LBFGS` with a strong-Wolfe line search (monotone:
     the objective never decreases) for up to ``m_steps`` iterations, stopping when the
     gradient's largest entry is below ``tol``; trial points where the objective is not finite
     are rejected by the line search. With a ``pyro.optim`` optimizer, ``m_steps`` of its steps.
+    With ``ranks`` (a data-parallel run), each evaluation's value and gradient are summed over
+    the ranks before the optimizer sees them, so every rank takes the same iterates.
 
     :param objective: a callable returning a scalar tensor, differentiable in the leaves.
     :param dict params: ``{name: unconstrained leaf}``.
@@ -53,6 +56,7 @@ def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,
     :param int m_steps: iterations.
     :param float tol: L-BFGS's gradient tolerance.
     :param str where: named in errors.
+    :param ranks: a :class:`~pyro_lvmle.em.ranks.RankSum`, or ``None`` for one process.
     :returns: the number of objective evaluations.
     :raises ValueError: if the objective or its gradient is not finite at the start.
     """
@@ -64,24 +68,30 @@ def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,
             leaf.grad = None
         with torch.enable_grad():
             loss = -objective()
-            first = evals[0] == 0
-            evals[0] += 1
-            if not torch.isfinite(loss):
-                if first:
-                    raise ValueError(f"{where}: the objective is not finite at the current "
-                                     "parameters; check their values and the data")
-                return loss.detach().new_tensor(math.inf)  # a trial point the search rejects
-            loss.backward()
+            if torch.isfinite(loss):
+                loss.backward()
+        loss = loss.detach().reshape(1)
+        grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
+                 for leaf in leaves]
+        if ranks is not None:  # a rank's non-finite value makes the sum non-finite too
+            loss, *grads = ranks.sum([loss] + grads)
+        first = evals[0] == 0
+        evals[0] += 1
+        if not torch.isfinite(loss):
+            if first:
+                raise ValueError(f"{where}: the objective is not finite at the current "
+                                 "parameters; check their values and the data")
+            return loss.new_tensor(math.inf)  # a trial point the search rejects
+        for leaf, grad in zip(leaves, grads, strict=True):
+            leaf.grad = grad
         for name, leaf in params.items():
-            if leaf.grad is None:
-                leaf.grad = torch.zeros_like(leaf)
-            elif not torch.isfinite(leaf.grad).all():
+            if not torch.isfinite(leaf.grad).all():
                 if first:
                     raise ValueError(f"{where}: the gradient of parameter {name!r} is not "
                                      "finite")
                 leaf.grad = torch.zeros_like(leaf)
-                return loss.detach().new_tensor(math.inf)
-        return loss.detach()
+                return loss.new_tensor(math.inf)
+        return loss[0]
 
     if m_step == "lbfgs":
         optim = torch.optim.LBFGS(leaves, lr=1.0, max_iter=m_steps, tolerance_grad=tol,

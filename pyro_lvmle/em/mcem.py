@@ -76,6 +76,11 @@ class MCEM(Driver):
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`
         (``step_size``, ``num_steps``, ``target_accept``, ``adapt_mass``, ...).
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
+    :param ranks: a :class:`~pyro_lvmle.em.ranks.RankSum` for a data-parallel run: each rank
+        keeps the chains of its shard; the Q-function's value and gradient in the M-step and
+        the per-draw Q-increases behind the ascent rule (weighted by the rank's share of the
+        data) are summed across ranks, so every rank takes the same M-step and the same
+        decision. Not with ``newton``.
 
     Metrics per step: ``q_increase`` and ``q_increase_se`` (:math:`\Delta\hat Q` and its
     standard error), ``num_samples`` (draws used, all chains), ``accept_prob``, ``ess``
@@ -110,10 +115,13 @@ class MCEM(Driver):
                  beta: float = 0.25, gamma: float = 0.05, tol: float = 1e-3,
                  max_num_samples: int = 100_000, newton: bool = False,
                  max_speedup: float = 100.0, kernel_options: dict | None = None,
-                 record_params=True):
-        super().__init__(model, record_params=record_params)
+                 record_params=True, ranks=None):
+        super().__init__(model, record_params=record_params, ranks=ranks)
         if not isinstance(newton, bool):
             raise TypeError(f"MCEM: newton must be True or False, got {newton!r}")
+        if newton and self.ranks.distributed:
+            raise ValueError("MCEM: the Newton correction is not data-parallel; use "
+                             "newton=False with ranks")
         self.max_speedup = check_positive("MCEM", "max_speedup", max_speedup)
         if self.max_speedup < 1:
             raise ValueError(f"MCEM: max_speedup must be >= 1, got {max_speedup!r}")
@@ -144,7 +152,7 @@ class MCEM(Driver):
     def _draw(self, num_samples, args, kwargs):
         """Advance the chains; kept draws ``(C, S, D)``, the potential, the acceptance."""
         draws = self.sampler.draw(self.model, args, kwargs, num_samples)
-        if draws.potential.batched_plates:
+        if draws.potential.batched_plates and not self.ranks.distributed:
             raise ValueError("MCEM: the model subsampled a plate; the Monte Carlo Q-function "
                              "needs every datum in each iteration (drop subsample_size), or "
                              "use SVI with lv.MCMCGradient for mini-batches")
@@ -159,6 +167,7 @@ class MCEM(Driver):
     def _step(self, args, kwargs):
         params = self.model_params(*args, **kwargs)
         start = {n: p.detach().clone() for n, p in params.items()}
+        share = self.ranks.share(self.model, args, kwargs)  # of the data: 1 in one process
         if self.burn_in and self.iteration > 0:
             self._draw(self.burn_in, args, kwargs)
         potential, draws, accept = self._draw(self.num_samples, args, kwargs)
@@ -167,11 +176,12 @@ class MCEM(Driver):
             flat = draws.reshape(-1, draws.shape[-1])
             with torch.no_grad():
                 before = potential.log_joint(flat)
-            maximize(partial(_mean_log_joint, potential, flat), params, self.m_step,
-                     m_steps=self.m_steps, where="MCEM M-step")
+            maximize(partial(_mean_log_joint, potential, flat, share), params, self.m_step,
+                     m_steps=self.m_steps, where="MCEM M-step", ranks=self.ranks)
             with torch.no_grad():
                 after = potential.log_joint(flat)
-            increase, se, ess = _mean_and_stderr((after - before).reshape(draws.shape[:2]))
+            (deltas,) = self.ranks.sum([share * (after - before).reshape(draws.shape[:2])])
+            increase, se, ess = _mean_and_stderr(deltas)
             size = draws.shape[1]
             decision = ascent_rule(increase, se, size, self.num_samples, self._rule)
             if not self.auto or decision.accept or size >= self.max_num_samples:
@@ -196,7 +206,8 @@ class MCEM(Driver):
             self.num_samples = decision.next_num_samples
         return {"q_increase": increase, "q_increase_se": se, "ess": ess,
                 "num_samples": draws.shape[0] * draws.shape[1],
-                "accept_prob": sum(accept) / len(accept), "converged": self.converged,
+                "accept_prob": self.ranks.mean([sum(accept) / len(accept)])[0],
+                "converged": self.converged,
                 **extra}
 
     def _correct(self, params, start, potential, flat) -> dict:
@@ -300,8 +311,8 @@ def ascent_rule(increase: float, se: float, size: int, num_samples: int,
                           int(min(rule.max_num_samples, max(num_samples, wanted))))
 
 
-def _mean_log_joint(potential, flat):
-    return potential.log_joint(flat).mean()
+def _mean_log_joint(potential, flat, share=1.0):
+    return share * potential.log_joint(flat).mean()
 
 
 def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float, float]:

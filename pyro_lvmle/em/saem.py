@@ -87,6 +87,11 @@ class SAEM(Driver):
     :param int max_burn_in: the automatic burn-in's cap.
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`.
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
+    :param ranks: a :class:`~pyro_lvmle.em.ranks.RankSum` for a data-parallel run: each rank
+        keeps the chains of its shard; the fast path's statistics (sums over the rank's data,
+        then added across ranks; ``m_step`` gets the sums and this rank's arguments), or the
+        generic Q-function's value and gradient (weighted by the rank's share of the data), and
+        the metrics are reduced, so every rank takes the same M-step.
 
     Metrics per step: ``gamma``, ``log_joint`` (mean :math:`\log p(x, z_k; \theta_k)` of the
     new draws), ``accept_prob``, ``memory`` (draws in :math:`\hat Q_k`, generic form),
@@ -126,8 +131,8 @@ class SAEM(Driver):
                  min_weight: float = 1e-8, max_memory: int | None = 10_000,
                  min_burn_in: int = 100, max_burn_in: int = 500,
                  kernel_options: dict | None = None,
-                 record_params=True):
-        super().__init__(model, record_params=record_params)
+                 record_params=True, ranks=None):
+        super().__init__(model, record_params=record_params, ranks=ranks)
         check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
         check_int("SAEM", "max_burn_in", max_burn_in, low=min_burn_in)
         self.auto_burn_in = burn_in == "auto"
@@ -200,18 +205,20 @@ class SAEM(Driver):
         if not 0 < gamma <= 1:
             raise ValueError(f"SAEM: step_size gave gamma = {gamma} at iteration "
                              f"{self.iteration + 1}; it must be in (0, 1]")
+        share = self.ranks.share(self.model, args, kwargs)  # of the data: 1 in one process
         potential, positions, diagnostics = self.sampler.draw(self.model, args, kwargs)
         draws = positions.flatten(0, 1)
-        if potential.batched_plates:
+        if potential.batched_plates and not self.ranks.distributed:
             raise ValueError("SAEM: the model subsampled a plate; SAEM needs every datum in "
                              "each iteration (drop subsample_size)")
         with torch.no_grad():
-            log_joint = potential.log_joint(draws).mean().item()
+            (log_joint,) = self.ranks.sum([share * potential.log_joint(draws).mean()])
         before = self.constrained_params()
         if self.statistics is not None:
             new = self.statistics(dict(self.sampler.samples), *args, **kwargs)
-            self._stats = stochastic_approximation(self._stats,
-                                                   {k: v.mean(0) for k, v in new.items()}, gamma)
+            means = dict(zip(new, self.ranks.sum([v.mean(0) for v in new.values()]),
+                             strict=True))
+            self._stats = stochastic_approximation(self._stats, means, gamma)
             values = self.closed_form(dict(self._stats), *args, **kwargs)
             self.set_params(values)
             num_kept = 0
@@ -220,8 +227,8 @@ class SAEM(Driver):
                 self._memory, self._weights, draws, gamma, min_weight=self.min_weight,
                 max_memory=self.max_memory)
             memory, weights = self._memory, self._weights
-            maximize(lambda: (weights * potential.log_joint(memory)).sum(), params, "lbfgs",
-                     m_steps=self.m_steps, where="SAEM M-step")
+            maximize(lambda: share * (weights * potential.log_joint(memory)).sum(), params,
+                     "lbfgs", m_steps=self.m_steps, where="SAEM M-step", ranks=self.ranks)
             num_kept = len(memory)
         annealing = self._in_burn_in(self.iteration + 1) if self.anneal_steps is None \
             else self.iteration < self.anneal_steps
@@ -230,8 +237,9 @@ class SAEM(Driver):
             self.set_params({n: torch.maximum(now[n], self.anneal_rate * before[n])
                              for n in self.anneal})
         trend = self._update_burn_in(params.values())
-        return {"gamma": gamma, "log_joint": log_joint,
-                "accept_prob": diagnostics["accept_prob"], "memory": num_kept,
+        return {"gamma": gamma, "log_joint": log_joint.item(),
+                "accept_prob": self.ranks.mean([diagnostics["accept_prob"]])[0],
+                "memory": num_kept,
                 "trend": trend}
 
     def _in_burn_in(self, iteration: int) -> bool:

@@ -38,7 +38,16 @@ class EnumeratedPosterior:
     :param tuple args: the model's arguments.
     :param dict kwargs: its keyword arguments.
     :param int max_plate_nesting: the model's deepest plate nesting.
-    :raises ValueError: for a latent site that is not enumerable, or a subsampled plate.
+    :param float data_share: for a data-parallel rank whose data plate is subsampled to its
+        shard, the shard's share :math:`B / N` of the data
+        (:func:`~pyro_lvmle.traces.plate.data_share`): every factor is multiplied by it, which
+        cancels the plate's :math:`N / B` in the factors of the shard's data (an exact
+        posterior of each datum) and gives the factors outside the plate this share, so that
+        the ranks' :attr:`log_marginal` and :meth:`expected_log_joint` add up to the full
+        data's. The enumerated sites must lie in the plate. ``None``: no plate may be
+        subsampled.
+    :raises ValueError: for a latent site that is not enumerable, or a subsampled plate
+        (without ``data_share``), or an enumerated site outside it (with ``data_share``).
 
     :ivar torch.Tensor log_marginal: :math:`\log p(x; \theta_0)`, exact (detached).
 
@@ -53,14 +62,17 @@ class EnumeratedPosterior:
         True
     """
 
-    def __init__(self, model, args=(), kwargs=None, max_plate_nesting: int = 1):
+    def __init__(self, model, args=(), kwargs=None, max_plate_nesting: int = 1,
+                 data_share: float | None = None):
         self.model, self.args, self.kwargs = model, tuple(args), dict(kwargs or {})
         self.max_plate_nesting = max_plate_nesting
+        self.data_share = data_share
         trace = self._trace()
         for name, site in trace.nodes.items():
             if site["type"] != "sample":
                 continue
-            if _is_subsample(site) and site["value"].numel() != site["fn"].size:
+            if _is_subsample(site) and site["value"].numel() != site["fn"].size \
+                    and data_share is None:
                 raise ValueError(f"plate {name!r} is subsampled; the exact E-step needs all "
                                  "the data (drop subsample_size)")
             if not site["is_observed"] and not _is_subsample(site) \
@@ -81,6 +93,16 @@ class EnumeratedPosterior:
         enumerated = poutine.enum(self.model, first_available_dim=-(self.max_plate_nesting + 1))
         with poutine.block(expose_types=["param"]):
             trace = poutine.trace(enumerated).get_trace(*self.args, **self.kwargs)
+        if self.data_share is not None:
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample" or _is_subsample(site):
+                    continue
+                site["scale"] = site["scale"] * self.data_share
+                if not site["is_observed"] and abs(float(site["scale"]) - 1.0) > 1e-9:
+                    raise ValueError(
+                        f"latent site {name!r} is outside the data plate subsampled to this "
+                        "rank's shard: its posterior depends on every rank's data, which "
+                        "data-parallel exact EM does not combine; put it in the data plate")
         trace.compute_log_prob()
         trace.pack_tensors()
         return trace

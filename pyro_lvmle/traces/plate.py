@@ -20,7 +20,7 @@ from pyro.poutine.condition_messenger import ConditionMessenger
 
 from .particles import _is_subsample
 
-__all__ = ["CHAIN_PLATE", "plate_energy", "site_log_probs"]
+__all__ = ["CHAIN_PLATE", "data_share", "plate_energy", "site_log_probs"]
 
 #: Name of the plate that vectorizes chains.
 CHAIN_PLATE = "num_chains_vectorized"
@@ -122,6 +122,43 @@ def subsample_factor(site) -> float:
         if frame.full_size is not None and frame.size != frame.full_size:
             factor *= frame.full_size / frame.size
     return factor
+
+
+def data_share(model, args=(), kwargs=None) -> float:
+    """The share :math:`B / N` of the data that a model run sees through its subsampled
+    plate (a data-parallel rank's shard: ``pyro.plate("data", N, subsample=idx)``), found by
+    one run of the model whose sample sites are hidden and which leaves torch's random number
+    generators as they were.
+
+    :param model: the Pyro model.
+    :param tuple args: its arguments.
+    :param dict kwargs: its keyword arguments.
+    :returns: one if no plate is strictly subsampled.
+    :raises ValueError: if two plates are subsampled by different shares.
+
+    Example::
+
+        >>> import pyro
+        >>> def model(idx):
+        ...     with pyro.plate("data", 10, subsample=idx):
+        ...         pyro.sample("x", pyro.distributions.Normal(0., 1.), obs=idx.double())
+        >>> data_share(model, (torch.arange(4),))
+        0.4
+    """
+    devices = list(range(torch.cuda.device_count())) \
+        if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **(kwargs or {}))
+    shares = {name: site["value"].numel() / site["fn"].size
+              for name, site in trace.nodes.items()
+              if site["type"] == "sample" and _is_subsample(site) and site["fn"].size}
+    partial = {share for share in shares.values() if share < 1}
+    if len(partial) > 1:
+        raise ValueError(
+            "data-parallel: the model subsamples its plates by different shares "
+            f"{shares}; subsample one data plate, over the whole data set, with this rank's "
+            "global indices (pyro.plate('data', N, subsample=idx))")
+    return partial.pop() if partial else 1.0
 
 
 def _contract_enumerated(trace, num_chains):
