@@ -22,6 +22,12 @@ likelihood in the exponential family: the user gives the sufficient statistics
 :math:`S(z)` and the closed-form maximizer; the driver keeps
 :math:`s_k = s_{k-1} + \gamma_k (S(z_k) - s_{k-1})` and sets
 :math:`\theta_{k+1} = \hat\theta(s_k)`.
+
+**Newton steps** (generic form, the default): after the burn-in the decreasing steps are
+damped stochastic Newton steps on the log-likelihood
+(:func:`~pyro_lvmle.em.newton_correction.damped_newton`, Gu & Kong 1998) from the same
+chains, whose rate does not depend on the fraction of missing information (see "When EM is
+slow").
 """
 
 from __future__ import annotations
