@@ -166,3 +166,16 @@ def test_defaults_reach_the_exact_maximum_however_the_model_is_written(centered)
     gap = best - model.log_marginal(data).item()
     assert -1e-6 < gap < WITHIN, gap
     assert history["gamma"][-1] < 1 and not saem.convergence.unconverged
+
+
+def test_newton_options_are_checked():
+    model = lv.models.PPCA(data_dim=3, latent_dim=1)
+    with pytest.raises(TypeError, match="newton"):
+        lv.SAEM(model, newton="yes")
+    with pytest.raises(ValueError, match="fast path"):
+        lv.SAEM(model, newton=True, statistics=ppca_statistics, m_step=ppca_m_step)
+    with pytest.raises(ValueError, match="max_speedup"):
+        lv.SAEM(model, max_speedup=0.5)
+    assert lv.SAEM(model).newton and not lv.SAEM(model, statistics=ppca_statistics,
+                                                 m_step=ppca_m_step).newton
+    assert lv.SAEM(model).max_burn_in == 150 and lv.SAEM(model, newton=False).max_burn_in == 500
