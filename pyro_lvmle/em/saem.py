@@ -296,7 +296,7 @@ class SAEM(Driver):
             extra = {"fraction_missing": step.fraction_missing, "decrement": step.decrement}
             if gamma < 1:
                 assign_flat(leaves, flatten(leaves) + step.step)
-                return len(self._memory), extra
+                return 0 if self._memory is None else len(self._memory), extra
         self._memory, self._weights = update_memory(
             self._memory, self._weights, draws, gamma, min_weight=self.min_weight,
             max_memory=self.max_memory)
