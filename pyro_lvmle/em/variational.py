@@ -62,8 +62,6 @@ class VariationalEM(Driver):
     """
 
     progress_metric = "m_loss"
-    #: see :attr:`~pyro_lvmle.em.MCEM.stationary_iterates`
-    stationary_iterates = True
     _params_beyond_model = True  # loaded guide values wait in params until the guide runs
 
     def __init__(self, model, guide, loss=None, optim=None, *, e_steps: int = 10,
