@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import evidence, models, parallel
 from .compare import Comparison, compare
-from .em import MCEM, SAEM, ExactEM, History, StochasticNewton, VariationalEM
+from .em import MCEM, SAEM, ConvergenceWarning, ExactEM, History, StochasticNewton, VariationalEM
 from .evidence import Estimate, log_marginal, log_partition
 from .gradients import (
     ContrastiveDivergence,
@@ -40,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Comparison",
     "ContrastiveDivergence",
+    "ConvergenceWarning",
     "Estimate",
     "ExactEM",
     "GradientCheck",

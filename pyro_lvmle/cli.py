@@ -92,7 +92,7 @@ def _continuous_methods(model, lr):
         "mcem": ("MCEM (HMC, 20 draws)",
                  MCEM(model, "hmc", num_samples=20, warmup_steps=50, auto=False, m_steps=10,
                       kernel_options={"num_steps": 5}, record_params=False)),
-        "saem": ("SAEM (HMC)", SAEM(model, "hmc", burn_in=20, warmup_steps=50,
+        "saem": ("SAEM (HMC)", SAEM(model, "hmc", burn_in=20, num_chains=4, warmup_steps=50,
                                     kernel_options={"num_steps": 5}, record_params=False)),
         "vem": ("variational EM, AutoNormal",
                 VariationalEM(model, AutoNormal(model), optim=pyro.optim.Adam({"lr": lr}),

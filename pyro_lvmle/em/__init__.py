@@ -6,6 +6,7 @@ num_steps=..., progress=True, callback=None, **kwargs) -> History``, and an exac
 ``state_dict()`` / ``load_state_dict()``.
 """
 
+from .convergence import ConvergenceWarning
 from .driver import Driver
 from .exact import ExactEM
 from .history import History
@@ -15,5 +16,5 @@ from .schedules import saem_step_size
 from .stochastic_newton import StochasticNewton
 from .variational import VariationalEM
 
-__all__ = ["Driver", "ExactEM", "History", "MCEM", "SAEM", "StochasticNewton", "VariationalEM",
-           "saem_step_size"]
+__all__ = ["ConvergenceWarning", "Driver", "ExactEM", "History", "MCEM", "SAEM",
+           "StochasticNewton", "VariationalEM", "saem_step_size"]

@@ -117,7 +117,7 @@ def burn_in_decision(trajectory: list, max_burn_in: int, *, min_burn_in: int = M
 
 
 def record_burn_in(where: str, trajectory: list, iterate: torch.Tensor, iteration: int,
-                   max_burn_in: int, *, min_burn_in: int = MIN_BURN_IN
+                   max_burn_in: int, *, min_burn_in: int = MIN_BURN_IN, warn: bool = True
                    ) -> tuple[int | None, list, float]:
     """One iteration of an automatic burn-in, as every stochastic driver keeps it: add the
     iterate to the trajectory and apply :func:`burn_in_decision` (warning at a capped end).
@@ -128,6 +128,8 @@ def record_burn_in(where: str, trajectory: list, iterate: torch.Tensor, iteratio
     :param int iteration: the driver's iteration count before this step.
     :param int max_burn_in: the cap.
     :param int min_burn_in: the shortest burn-in.
+    :param bool warn: warn at a capped end (a driver whose later steps remove a remaining
+        trend does not).
     :returns: ``(end, trajectory, trend)``: the burn-in's last iteration (``iteration + 1``)
         if it ends now, else ``None``; the trajectory to keep (emptied once it ends); the
         trend test's largest :math:`|z|`.
@@ -143,7 +145,7 @@ def record_burn_in(where: str, trajectory: list, iterate: torch.Tensor, iteratio
     decision = burn_in_decision(trajectory, max_burn_in, min_burn_in=min_burn_in)
     if not decision.ends:
         return None, trajectory, decision.trend
-    if decision.capped:
+    if decision.capped and warn:
         warn_trending(where, iteration + 1, decision.trend, stacklevel=5)
     return iteration + 1, [], decision.trend
 

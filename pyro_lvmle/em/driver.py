@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_callable, check_int
 from ..traces.params import assign_params, program_params
+from .convergence import check_convergence
 from .history import History
 from .ranks import OneProcess, RankFailure, RankSum
 from .restarts import monte_carlo_objective, run_restarts
@@ -91,6 +92,8 @@ class Driver:
         self._warned_frozen = False
         #: the run kept by :meth:`run` with ``num_restarts`` (``None`` without restarts)
         self.best_restart: int | None = None
+        #: the :func:`~pyro_lvmle.em.convergence.convergence_report` of the last :meth:`run`
+        self.convergence = None
 
     # ---------------------------------------------------------------------- parameters
     def model_params(self, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -256,6 +259,13 @@ class Driver:
             constrained starting values for each restart.
         :param kwargs: the model's keyword arguments.
         :returns: :attr:`history`.
+
+        **Diagnosis.** At the end, :func:`~pyro_lvmle.em.convergence.check_convergence`
+        looks at the history (the objective's last increases and their Monte Carlo error, the
+        estimated fraction of missing information, a trend in the last iterates, a burn-in
+        not finished) and warns with a :class:`~pyro_lvmle.em.convergence.ConvergenceWarning`
+        saying what to do if the run looks unconverged; the report is kept in
+        :attr:`convergence`.
         """
         where = f"{type(self).__name__}.run"
         check_int(where, "num_steps", num_steps, low=1)
@@ -269,9 +279,12 @@ class Driver:
             raise ValueError(f"{where}: restarts are not data-parallel (each rank would start "
                              "from its own shard's initial values); run num_restarts=1")
         if num_restarts == 1 and init_params is None:
-            return self._run(args, kwargs, num_steps, progress, callback)
-        return run_restarts(self, args, kwargs, num_steps, progress, callback, num_restarts,
-                            init_params)
+            history = self._run(args, kwargs, num_steps, progress, callback)
+        else:
+            history = run_restarts(self, args, kwargs, num_steps, progress, callback,
+                                   num_restarts, init_params)
+        self.convergence = check_convergence(self)
+        return history
 
     def _run(self, args, kwargs, num_steps, progress, callback, restart=None) -> History:
         desc = type(self).__name__ if restart is None else \

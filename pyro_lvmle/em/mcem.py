@@ -108,6 +108,9 @@ class MCEM(Driver):
     """
 
     progress_metric = "q_increase"
+    #: its iterates fluctuate around the optimum once there: the end-of-run diagnosis tests
+    #: them for a trend
+    stationary_iterates = True
 
     def __init__(self, model, kernel="hmc", num_samples: int = 50, m_step="lbfgs", *,
                  m_steps: int = 100, num_chains: int = 4, warmup_steps: int = 200,

@@ -32,10 +32,21 @@ from typing import NamedTuple
 
 import torch
 
-from ..gradients.newton import assign_flat, flatten, trust_region_step
+from ..gradients.newton import (
+    assign_flat,
+    flatten,
+    louis_moments,
+    newton_step,
+    trust_region_step,
+)
 from .schedules import stochastic_approximation
 
-__all__ = ["CorrectionState", "newton_correction"]
+__all__ = ["DAMPING", "CorrectionState", "averaged_moments", "damped_newton",
+           "newton_correction"]
+
+#: while gamma = 1, SAEM's Newton steps average the information over about this many
+#: iterations (as :class:`~pyro_lvmle.em.StochasticNewton`'s ``memory``)
+NEWTON_MEMORY = 20
 
 
 class CorrectionState(NamedTuple):
@@ -109,3 +120,85 @@ def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, mom
                "fraction_missing": out.newton.fraction_missing,
                "log_likelihood_change": out.change}
     return CorrectionState(averages, theta_bar, out.radius, count), metrics
+
+
+#: SAEM's damping: the burn-in's iterate counts as about ``DAMPING / (1 - mu)`` iterations
+#: of the decreasing phase (the stationary spread of stochastic EM along a direction of
+#: rate ``mu`` is that of a Newton average over that many iterations)
+DAMPING = 2.0
+
+
+def damped_newton(gradient: torch.Tensor, complete: torch.Tensor, missing: torch.Tensor,
+                  gamma: float, *, max_speedup: float = 100.0):
+    r"""SAEM's step in its decreasing phase with ``newton`` (a pure function): a damped
+    stochastic Newton step (Gu & Kong 1998),
+
+    .. math::
+
+        \delta_k = \gamma_k \big(\tilde I + c\,\gamma_k I_c\big)^{-1} g_k,
+
+    :math:`g_k` Fisher's gradient from the iteration's draws, :math:`I_c, I_m` Louis'
+    moments averaged, :math:`c` = :data:`DAMPING`. SAEM's own decreasing steps remove, along
+    a direction whose fraction of missing information is :math:`\mu`, only
+    :math:`\gamma_k (1 - \mu)` of the error per iteration: with :math:`\gamma_k = 1/j`
+    (:math:`j` iterations after the burn-in) the error decays like :math:`j^{-(1-\mu)}`,
+    frozen for :math:`\mu` near one. Here each direction gets the gain
+    :math:`1 / \big(j (1 - \mu) + c\big)`: about an EM step at first (the burn-in's
+    iterate already averages about :math:`c / (1 - \mu)` iterations' worth of draws, and
+    the chains follow small moves), then the Newton rate :math:`1/j` whatever :math:`\mu`
+    (Robbins-Monro with the optimal gain matrix). The curvature is floored as in
+    :func:`~pyro_lvmle.gradients.newton.newton_step` (``max_speedup``).
+
+    :param torch.Tensor gradient: :math:`g_k`, flat ``(P,)``.
+    :param torch.Tensor complete: :math:`I_c` (averaged), ``(P, P)``.
+    :param torch.Tensor missing: :math:`I_m` (averaged), ``(P, P)``.
+    :param float gamma: :math:`\gamma_k \in (0, 1]`.
+    :param float max_speedup: the most a step may outrun the EM-gradient step
+        :math:`\gamma_k I_c^{-1} g_k`.
+    :returns: the :class:`~pyro_lvmle.gradients.newton.NewtonStep` (its ``fraction_missing`` and
+        ``decrement`` are the undamped ones' fraction and the damped step's decrement).
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.em.newton_correction import damped_newton
+        >>> complete, missing = torch.eye(1), 0.98 * torch.eye(1)   # EM's rate 0.98
+        >>> g = torch.full((1,), 0.02)           # the EM-gradient step would be 0.02
+        >>> early = damped_newton(g, complete, missing, 1.0).step
+        >>> late = damped_newton(g, complete, missing, 1e-3).step
+        >>> round(float(early), 4), round(float(late), 4)   # 0.02 / 2.02, 1e-3 * 0.02 / 0.022
+        (0.0099, 0.0009)
+    """
+    damping = DAMPING * gamma
+    step = newton_step(gradient, complete, missing - damping * complete, gamma,
+                       max_speedup=max_speedup)
+    return step._replace(fraction_missing=step.fraction_missing + damping)
+
+
+def averaged_moments(info: dict | None, log_joint, draws: torch.Tensor, leaves, gamma: float,
+                     count: int):
+    r"""Louis' moments of one iteration's draws, and the information averaged over the
+    iterations as SAEM averages its Q-function: over about the last :data:`NEWTON_MEMORY`
+    iterations while :math:`\gamma = 1`, with weight :math:`\gamma` afterwards.
+
+    The missing information's covariance is rescaled by :math:`m / (m - 1)` for ``m``
+    draws (:func:`~pyro_lvmle.gradients.newton.louis_moments` divides by ``m``: with 4 draws a
+    fraction of missing information of 0.98 would read 0.73).
+
+    :param dict info: the averaged ``{"complete", "missing"}``, or ``None`` at first.
+    :param log_joint: ``positions -> log p(x, z)`` per draw, differentiable in ``leaves``.
+    :param torch.Tensor draws: the iteration's draws ``(m, D)``.
+    :param leaves: the parameters (unconstrained leaves).
+    :param float gamma: the iteration's step size.
+    :param int count: iterations averaged so far, this one included.
+    :returns: ``(moments, info)``: this iteration's
+        :class:`~pyro_lvmle.gradients.newton.LouisMoments` and the updated average.
+    """
+    with torch.enable_grad():
+        moments = louis_moments(log_joint(draws), leaves)
+    num = draws.shape[0]
+    missing = moments.missing * (num / (num - 1)) if num > 1 else moments.missing
+    weight = gamma if gamma < 1 else 1.0 / min(count, NEWTON_MEMORY)
+    info = stochastic_approximation(info, {"complete": moments.complete, "missing": missing},
+                                    weight)
+    return moments, info

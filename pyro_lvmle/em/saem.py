@@ -22,6 +22,12 @@ likelihood in the exponential family: the user gives the sufficient statistics
 :math:`S(z)` and the closed-form maximizer; the driver keeps
 :math:`s_k = s_{k-1} + \gamma_k (S(z_k) - s_{k-1})` and sets
 :math:`\theta_{k+1} = \hat\theta(s_k)`.
+
+**Newton steps** (generic form, the default): after the burn-in the decreasing steps are
+damped stochastic Newton steps on the log-likelihood
+(:func:`~pyro_lvmle.em.newton_correction.damped_newton`, Gu & Kong 1998) from the same
+chains, whose rate does not depend on the fraction of missing information (see "When EM is
+slow").
 """
 
 from __future__ import annotations
@@ -30,16 +36,22 @@ import math
 
 import torch
 
-from .._checks import check_callable, check_int, check_probability
+from .._checks import check_callable, check_int, check_positive, check_probability
 from ..gradients import MCMCGradient
-from ..gradients.newton import flatten
+from ..gradients.newton import assign_flat, flatten
 from .burn_in import MIN_BURN_IN, record_burn_in
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import maximize
+from .newton_correction import averaged_moments, damped_newton
 from .schedules import saem_step_size, stochastic_approximation
 
 __all__ = ["SAEM", "resample", "stochastic_approximation", "update_memory"]
+
+#: with Newton steps the burn-in needs only to come near: the damped Newton steps remove the
+#: rest at the rate 1/j (stochastic EM's iterates wander slowly where the fraction of missing
+#: information is large, so a trend test on them passes late)
+NEWTON_MAX_BURN_IN = 150
 
 
 class SAEM(Driver):
@@ -53,12 +65,14 @@ class SAEM(Driver):
         (default): the burn-in ends once the parameters stop trending
         (:func:`~pyro_lvmle.em.burn_in.burn_in_decision`, tested from ``min_burn_in`` on over
         the last half of the burn-in, as Monolix's automatic stopping does), at the latest
-        after ``max_burn_in`` iterations (with a warning if they still trend then).
+        after ``max_burn_in`` iterations (with a warning if they still trend then, unless
+        Newton steps follow, which remove the rest).
     :param step_size: the decay exponent :math:`\alpha \in (\tfrac12, 1]` of
         :math:`\gamma_k = (k - K_1)^{-\alpha}` after the burn-in, or any callable
         ``iteration -> gamma`` (see :class:`~pyro_lvmle.em.saem_step_size`).
     :param int num_chains: chains, each a full set of latents (several draws per datum and
-        iteration).
+        iteration); 128 by default: the batched kernels move them all at once, and Louis'
+        moments need many draws per iteration.
     :param int num_transitions: sampler transitions per iteration.
     :param int warmup_steps: adapting transitions when the chains start.
     :param statistics: fast path: ``statistics(samples, *args, **kwargs) -> dict`` of
@@ -84,7 +98,18 @@ class SAEM(Driver):
     :param int min_burn_in: the automatic burn-in's shortest length (100, the former fixed
         default: SAEM's burn-in iterates are noisy, and a trend test over a short window
         misses a slow contraction).
-    :param int max_burn_in: the automatic burn-in's cap.
+    :param int max_burn_in: the automatic burn-in's cap (default 150 with Newton steps, 500
+        without).
+    :param newton: after the burn-in, take damped stochastic Newton steps
+        (:func:`~pyro_lvmle.em.newton_correction.damped_newton`: Fisher's gradient from the
+        iteration's draws, Louis' information averaged, from the burn-in's last iterations on)
+        instead of SAEM's own decreasing steps, whose rate is EM's: where the fraction of
+        missing information :math:`\mu` is close to one they freeze the estimate short of
+        the maximum (:math:`\gamma_k = 1/j` removes the error only like
+        :math:`j^{-(1-\mu)}`). ``None`` (default): on for the generic form in one process;
+        off for the fast path (which has none) and with data-parallel ``ranks`` (not reduced
+        across ranks yet).
+    :param float max_speedup: the most a Newton step may outrun the EM-gradient step.
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`.
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
     :param ranks: a :class:`~pyro_lvmle.em.ranks.RankSum` for a data-parallel run: each rank
@@ -95,10 +120,11 @@ class SAEM(Driver):
 
     Metrics per step: ``gamma``, ``log_joint`` (mean :math:`\log p(x, z_k; \theta_k)` of the
     new draws), ``accept_prob``, ``memory`` (draws in :math:`\hat Q_k`, generic form),
-    ``trend`` (the burn-in's trend statistic, ``nan`` once it ended). SAEM's rate is EM's:
-    where the fraction of missing information is close to one (a non-centered random effect
-    on a population mean) it creeps, and its decreasing steps freeze it short of the
-    maximum; :class:`~pyro_lvmle.em.StochasticNewton` does not (see "When EM is slow").
+    ``trend`` (the burn-in's trend statistic, ``nan`` once it ended); with ``newton``:
+    ``fraction_missing`` (the largest, from the averaged moments) and ``decrement``. Without
+    Newton steps SAEM's rate is EM's: where the fraction of missing information is close to
+    one (a non-centered random effect on a population mean) it creeps, and its decreasing
+    steps freeze it short of the maximum (see "When EM is slow").
 
     References:
 
@@ -110,6 +136,9 @@ class SAEM(Driver):
 
     [3] Comets, Lavenu & Lavielle (2017), "Parameter estimation in nonlinear mixed effect
     models using saemix, an R implementation of the SAEM algorithm", J. Stat. Softw. 80(3).
+
+    [4] Gu & Kong (1998), "A stochastic approximation algorithm with Markov chain Monte-Carlo
+    method for incomplete data estimation problems", PNAS 95(13).
 
     Example::
 
@@ -125,16 +154,34 @@ class SAEM(Driver):
     progress_metric = "log_joint"
 
     def __init__(self, model, kernel="hmc", *, burn_in="auto", step_size=1.0,
-                 num_chains: int = 4, num_transitions: int = 1, warmup_steps: int = 200,
+                 num_chains: int = 128, num_transitions: int = 1, warmup_steps: int = 200,
                  statistics=None, m_step=None, m_steps: int = 20, anneal=(),
                  anneal_rate: float = 0.95, anneal_steps: int | None = None,
                  min_weight: float = 1e-8, max_memory: int | None = 10_000,
-                 min_burn_in: int = 100, max_burn_in: int = 500,
-                 kernel_options: dict | None = None,
+                 min_burn_in: int = 100, max_burn_in: int | None = None, newton=None,
+                 max_speedup: float = 100.0, kernel_options: dict | None = None,
                  record_params=True, ranks=None):
         super().__init__(model, record_params=record_params, ranks=ranks)
-        check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
+        if newton is not None and not isinstance(newton, bool):
+            raise TypeError(f"SAEM: newton must be True, False or None (the generic form's "
+                            f"default), got {newton!r}")
+        if newton and statistics is not None:
+            raise ValueError("SAEM: the fast path (statistics, m_step) has no Newton steps; "
+                             "drop statistics/m_step, or newton=True")
+        if newton and self.ranks.distributed:
+            raise ValueError("SAEM: Newton steps are not data-parallel yet (their Louis "
+                             "moments are not reduced across ranks); pass newton=False with "
+                             "ranks")
+        # data-parallel runs take SAEM's own decreasing steps (see newton above)
+        self.newton = statistics is None and not self.ranks.distributed if newton is None \
+            else newton
+        if max_burn_in is None:
+            max_burn_in = NEWTON_MAX_BURN_IN if self.newton else 500
         check_int("SAEM", "max_burn_in", max_burn_in, low=min_burn_in)
+        self.max_speedup = check_positive("SAEM", "max_speedup", max_speedup)
+        if self.max_speedup < 1:
+            raise ValueError(f"SAEM: max_speedup must be >= 1, got {max_speedup!r}")
+        check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
         self.auto_burn_in = burn_in == "auto"
         if not self.auto_burn_in:
             check_int("SAEM", "burn_in", burn_in, low=0)
@@ -194,6 +241,8 @@ class SAEM(Driver):
         self._stats: dict[str, torch.Tensor] | None = None
         self._memory: torch.Tensor | None = None  # (rows, D) draws in Q_k
         self._weights: torch.Tensor | None = None  # (rows,) their weights, summing to 1
+        self._info: dict[str, torch.Tensor] | None = None  # Louis' moments, averaged
+        self._info_count = 0
 
     def _step(self, args, kwargs):
         params = self.model_params(*args, **kwargs)
@@ -221,15 +270,9 @@ class SAEM(Driver):
             self._stats = stochastic_approximation(self._stats, means, gamma)
             values = self.closed_form(dict(self._stats), *args, **kwargs)
             self.set_params(values)
-            num_kept = 0
+            num_kept, extra = 0, {}
         else:
-            self._memory, self._weights = update_memory(
-                self._memory, self._weights, draws, gamma, min_weight=self.min_weight,
-                max_memory=self.max_memory)
-            memory, weights = self._memory, self._weights
-            maximize(lambda: share * (weights * potential.log_joint(memory)).sum(), params,
-                     "lbfgs", m_steps=self.m_steps, where="SAEM M-step", ranks=self.ranks)
-            num_kept = len(memory)
+            num_kept, extra = self._generic_step(params, potential, draws, gamma, share)
         annealing = self._in_burn_in(self.iteration + 1) if self.anneal_steps is None \
             else self.iteration < self.anneal_steps
         if self.anneal and annealing:
@@ -239,8 +282,31 @@ class SAEM(Driver):
         trend = self._update_burn_in(params.values())
         return {"gamma": gamma, "log_joint": log_joint.item(),
                 "accept_prob": self.ranks.mean([diagnostics["accept_prob"]])[0],
-                "memory": num_kept,
-                "trend": trend}
+                "memory": num_kept, "trend": trend, **extra}
+
+    def _generic_step(self, params, potential, draws, gamma, share):
+        r"""The generic form: update the weighted draws of :math:`\hat Q_k` and maximize it;
+        with ``newton``, average Louis' moments and, once the steps decrease, take
+        :func:`~pyro_lvmle.em.newton_correction.damped_newton` steps instead."""
+        leaves = list(params.values())
+        extra = {}
+        if self.newton:
+            self._info_count += 1
+            moments, self._info = averaged_moments(self._info, potential.log_joint, draws,
+                                                   leaves, gamma, self._info_count)
+            step = damped_newton(moments.gradient, self._info["complete"],
+                                 self._info["missing"], gamma, max_speedup=self.max_speedup)
+            extra = {"fraction_missing": step.fraction_missing, "decrement": step.decrement}
+            if gamma < 1:
+                assign_flat(leaves, flatten(leaves) + step.step)
+                return 0 if self._memory is None else len(self._memory), extra
+        self._memory, self._weights = update_memory(
+            self._memory, self._weights, draws, gamma, min_weight=self.min_weight,
+            max_memory=self.max_memory)
+        memory, weights = self._memory, self._weights
+        maximize(lambda: share * (weights * potential.log_joint(memory)).sum(), params,
+                 "lbfgs", m_steps=self.m_steps, where="SAEM M-step", ranks=self.ranks)
+        return len(memory), extra
 
     def _in_burn_in(self, iteration: int) -> bool:
         return self._burn_in_end is None or iteration <= self._burn_in_end
@@ -258,18 +324,22 @@ class SAEM(Driver):
             return math.nan
         self._burn_in_end, self._trajectory, trend = record_burn_in(
             "SAEM", self._trajectory, flatten(leaves), self.iteration, self.max_burn_in,
+            warn=not self.newton,
             min_burn_in=self.min_burn_in)
         return trend
 
     def _extra_state(self) -> dict:
         return {"chains": self.sampler.state_dict(), "stats": self._stats,
-                "memory": self._memory, "weights": self._weights,
+                "memory": self._memory, "weights": self._weights, "info": self._info,
+                "info_count": self._info_count,
                 "burn_in_end": self._burn_in_end, "trajectory": self._trajectory}
 
     def _load_extra_state(self, state: dict) -> None:
         self.sampler.load_state_dict(state["chains"])
         self._stats, self._memory, self._weights = (state["stats"], state["memory"],
                                                     state["weights"])
+        self._info = state["info"]
+        self._info_count = int(state["info_count"])
         self._burn_in_end = state["burn_in_end"]
         self._trajectory = list(state["trajectory"])
 
