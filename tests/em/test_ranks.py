@@ -212,6 +212,7 @@ def _wrong_uses(x, idx):
     errors = {}
     for name, build in {
         "newton": lambda: lv.MCEM(ppca, newton=True, ranks=RankSum()),
+        "saem_newton": lambda: lv.SAEM(ppca, newton=True, ranks=RankSum()),
         "closed_form": lambda: lv.ExactEM(mixture, m_step=lambda m, *a: {}, ranks=RankSum()),
         # a plate sized by the shard: the shares add up to 2 x 1, not 1
         "local_plate": lambda: lv.SAEM(ppca, ranks=RankSum()).step(
@@ -333,6 +334,7 @@ def test_wrong_uses_are_told(suite):
     for result in suite:
         errors = result["errors"]
         assert "not data-parallel" in errors["newton"]
+        assert "not data-parallel" in errors["saem_newton"]
         assert "closed-form m_step" in errors["closed_form"]
         assert "add up to" in errors["local_plate"]
 
