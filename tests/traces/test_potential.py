@@ -430,17 +430,7 @@ def test_hidden_units_written_out_are_summed_out_of_the_negative_phase():
     rbm = lv.models.RBM(num_visible=4, num_hidden=3)
     p = {name: value.detach() for name, value in rbm.params().items()}
     data = rbm.simulate(5)
-
-    def model(data):
-        cube = dist.ImproperUniform(constraints.boolean, (), (4,))
-        with pyro.plate("data", len(data), dim=-2):
-            v = pyro.sample("v", cube, obs=data.unsqueeze(-2))
-            pyro.factor("visible", v @ p["visible_bias"])
-            with pyro.plate("hidden", 3, dim=-1):
-                h = pyro.sample("h", dist.Bernoulli(0.5))
-                pyro.factor("coupling", h * ((v @ p["weights"]).squeeze(-2) + p["hidden_bias"]))
-
-    potential = Potential(model, (data,), uncondition=True)
+    potential = Potential(_hidden_units_model(p), (data,), uncondition=True)
     assert potential.enumerated == ("h",) and potential.dim == 20
     (block,) = potential.discrete_blocks
     assert block.batch_shape == ()  # a summed-out site: one joint block, the whole energy
