@@ -30,7 +30,8 @@ import torch
 from pyro.ops.stats import fit_generalized_pareto
 
 from .._checks import check_int
-from ..traces import PriorGuide, guess_max_plate_nesting, particle_terms
+from ..traces import Potential, PriorGuide, guess_max_plate_nesting, particle_terms
+from ..traces.local import independent_data
 from .estimate import Estimate
 
 __all__ = ["importance_log_marginal", "psis_k_hat"]
@@ -78,6 +79,23 @@ def psis_k_hat(top_log_weights: torch.Tensor, num_samples: int) -> float:
     # Pyro's fit builds its grid on the CPU
     k, _ = fit_generalized_pareto((largest.exp() - math.exp(cutoff)).cpu())
     return float(k)
+
+
+def _independent_units(model, args, kwargs, max_plate_nesting, plates) -> bool:
+    """Whether the data of the unit plates are independent given the parameters (each
+    datum's weight then a valid weight of its own), checked on the model's potential
+    (:func:`~pyro_lvmle.traces.local.independent_data`); taken as given where the check
+    cannot run (discrete latents, a model the potential cannot vectorize)."""
+    try:
+        potential = Potential(model, tuple(args), kwargs, max_plate_nesting=max_plate_nesting)
+    except (ValueError, NotImplementedError):
+        return True
+    if potential.vectorization != "plate" or potential.enumerated \
+            or potential.discrete_mask is not None:
+        return True
+    inside = [p for p in plates if all(p in {name for name, _, _ in site.subsampled}
+                                       for site in potential.sites)]
+    return all(independent_data(potential, plate) for plate in inside)
 
 
 def importance_log_marginal(model, args=(), kwargs=None, *, guide=None,
@@ -133,8 +151,12 @@ def importance_log_marginal(model, args=(), kwargs=None, *, guide=None,
                 raise ValueError(f"{where}: the plates {terms.unit_plates} are subsampled; "
                                  "the marginal likelihood needs every datum (drop "
                                  "subsample_size)")
-            per_datum = bool(terms.unit_plates)
+            if done == 0:
+                per_datum = bool(terms.unit_plates) and _independent_units(
+                    model, args, kwargs, max_plate_nesting, terms.unit_plates)
             log_w = _log_weights(terms).detach()
+            if not per_datum:  # one weight for the whole data set
+                log_w = log_w.sum(-1, keepdim=True)
             if torch.isnan(log_w).any() or (log_w == math.inf).any():
                 raise ValueError(f"{where}: log weights hold nan or +inf; the model's or the "
                                  "guide's log density is not finite at the guide's draws")

@@ -76,3 +76,23 @@ def test_not_local_where_a_latent_or_the_plate_is_shared():
     with pytest.raises(ValueError, match="one value for every chain"):
         LocalTarget(Potential(lv.models.LinearGaussian(dim=2), (torch.randn(3, 2),)),
                     "data").tempered(torch.ones(2))
+
+
+def random_walk(x):
+    """Dependent data inside a plate (a plate's independence is the user's promise, not
+    checked by Pyro): x_t = eps_1 + ... + eps_t + noise."""
+    with pyro.plate("time", x.shape[0]):
+        eps = pyro.sample("eps", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(eps.cumsum(-1), 0.5), obs=x)
+
+
+def test_a_plate_whose_data_depend_on_each_other_is_not_split():
+    x = torch.randn(8).cumsum(0)
+    potential = Potential(random_walk, (x,))
+    assert local_plate(potential) is None
+    # planted control: split anyway, a datum's energy moves when another datum's latent does
+    local = LocalTarget(potential, "time")
+    rows = local.split(potential.sample_prior(1))
+    moved = rows.clone()
+    moved[0] += 1.0
+    assert (local(moved) - local(rows))[1:].abs().max() > 0.1
