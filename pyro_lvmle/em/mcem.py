@@ -155,10 +155,7 @@ class MCEM(Driver):
     def _draw(self, num_samples, args, kwargs):
         """Advance the chains; kept draws ``(C, S, D)``, the potential, the acceptance."""
         draws = self.sampler.draw(self.model, args, kwargs, num_samples)
-        if draws.potential.batched_plates and not self.ranks.distributed:
-            raise ValueError("MCEM: the model subsampled a plate; the Monte Carlo Q-function "
-                             "needs every datum in each iteration (drop subsample_size), or "
-                             "use SVI with lv.MCMCGradient for mini-batches")
+        self.ranks.check_draws(draws.potential, "MCEM")
         if num_samples > 1 and bool((draws.positions == draws.positions[:, :1]).all()):
             raise ValueError(
                 f"MCEM: the chains did not move in this E-step (acceptance rate "

@@ -144,6 +144,18 @@ class OneProcess:
         """
         return 1.0
 
+    def check_draws(self, potential, where: str) -> None:
+        """Refuse a mini-batch: in one process the driver's Q-function needs every datum.
+
+        :param potential: the :class:`~pyro_lvmle.traces.Potential` the chains target.
+        :param str where: the driver, for the message.
+        :raises ValueError: if the model subsampled a plate.
+        """
+        if potential.batched_plates:
+            raise ValueError(f"{where}: the model subsampled a plate; the Q-function needs "
+                             "every datum in each iteration (drop subsample_size), or use SVI "
+                             "with lv.MCMCGradient for mini-batches")
+
     def broadcast(self, leaves) -> None:
         """Nothing to do.
 
@@ -190,6 +202,24 @@ class RankSum(OneProcess):
 
     def __repr__(self) -> str:
         return f"RankSum(rank={self.rank}, world_size={self.world_size})"
+
+    def check_draws(self, potential, where: str) -> None:
+        """Refuse latent sites outside the sharded plate: each rank would draw them from
+        their posterior given its own shard only (a population mean, a shared scale),
+        and the summed Q-function would mix them.
+
+        :param potential: the :class:`~pyro_lvmle.traces.Potential` the chains target.
+        :param str where: the driver, for the message.
+        :raises ValueError: for a latent site outside every plate the rank subsampled.
+        """
+        indices = potential.subsample_indices
+        outside = [site.name for site in potential.sites
+                   if not any(indices[plate].numel() < full_size
+                              for plate, _, full_size in site.subsampled)]
+        if outside and self.world_size > 1:
+            raise ValueError(f"{where}: latent sites {outside} lie outside the data plate "
+                             "each rank shards; their posterior needs every rank's data. "
+                             "Make them parameters, or fit in one process")
 
     def sum(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each tensor summed over the ranks (one status exchange, one ``all_reduce``).

@@ -257,9 +257,7 @@ class SAEM(Driver):
         share = self.ranks.share(self.model, args, kwargs)  # of the data: 1 in one process
         potential, positions, diagnostics = self.sampler.draw(self.model, args, kwargs)
         draws = positions.flatten(0, 1)
-        if potential.batched_plates and not self.ranks.distributed:
-            raise ValueError("SAEM: the model subsampled a plate; SAEM needs every datum in "
-                             "each iteration (drop subsample_size)")
+        self.ranks.check_draws(potential, "SAEM")
         with torch.no_grad():
             (log_joint,) = self.ranks.sum([share * potential.log_joint(draws).mean()])
         before = self.constrained_params()

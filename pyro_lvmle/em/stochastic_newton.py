@@ -132,9 +132,7 @@ class StochasticNewton(Driver):
         params = self.model_params(*args, **kwargs)
         leaves = list(params.values())
         draws = self.sampler.draw(self.model, args, kwargs)
-        if draws.potential.batched_plates:
-            raise ValueError("StochasticNewton: the model subsampled a plate; the Newton step "
-                             "needs every datum in each iteration (drop subsample_size)")
+        self.ranks.check_draws(draws.potential, "StochasticNewton")
         flat = draws.positions.flatten(0, 1)
         with torch.enable_grad():
             log_joint = draws.potential.log_joint(flat)
