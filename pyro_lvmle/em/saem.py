@@ -175,13 +175,13 @@ class SAEM(Driver):
         # data-parallel runs take SAEM's own decreasing steps (see newton above)
         self.newton = statistics is None and not self.ranks.distributed if newton is None \
             else newton
-        if max_burn_in is None:
-            max_burn_in = NEWTON_MAX_BURN_IN if self.newton else 500
+        check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
+        if max_burn_in is None:  # never below the shortest burn-in asked for
+            max_burn_in = max(NEWTON_MAX_BURN_IN if self.newton else 500, min_burn_in)
         check_int("SAEM", "max_burn_in", max_burn_in, low=min_burn_in)
         self.max_speedup = check_positive("SAEM", "max_speedup", max_speedup)
         if self.max_speedup < 1:
             raise ValueError(f"SAEM: max_speedup must be >= 1, got {max_speedup!r}")
-        check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
         self.auto_burn_in = burn_in == "auto"
         if not self.auto_burn_in:
             check_int("SAEM", "burn_in", burn_in, low=0)

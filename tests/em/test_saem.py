@@ -179,3 +179,7 @@ def test_newton_options_are_checked():
     assert lv.SAEM(model).newton and not lv.SAEM(model, statistics=ppca_statistics,
                                                  m_step=ppca_m_step).newton
     assert lv.SAEM(model).max_burn_in == 150 and lv.SAEM(model, newton=False).max_burn_in == 500
+    # a longer shortest burn-in raises the default cap with it; a bad one is named
+    assert lv.SAEM(model, min_burn_in=200).max_burn_in == 200
+    with pytest.raises(TypeError, match="min_burn_in"):
+        lv.SAEM(model, min_burn_in="x")
