@@ -181,10 +181,6 @@ def averaged_moments(info: dict | None, log_joint, draws: torch.Tensor, leaves, 
     iterations as SAEM averages its Q-function: over about the last :data:`NEWTON_MEMORY`
     iterations while :math:`\gamma = 1`, with weight :math:`\gamma` afterwards.
 
-    The missing information's covariance is rescaled by :math:`m / (m - 1)` for ``m``
-    draws (:func:`~pyro_lvmle.gradients.newton.louis_moments` divides by ``m``: with 4 draws a
-    fraction of missing information of 0.98 would read 0.73).
-
     :param dict info: the averaged ``{"complete", "missing"}``, or ``None`` at first.
     :param log_joint: ``positions -> log p(x, z)`` per draw, differentiable in ``leaves``.
     :param torch.Tensor draws: the iteration's draws ``(m, D)``.
@@ -196,9 +192,7 @@ def averaged_moments(info: dict | None, log_joint, draws: torch.Tensor, leaves, 
     """
     with torch.enable_grad():
         moments = louis_moments(log_joint(draws), leaves)
-    num = draws.shape[0]
-    missing = moments.missing * (num / (num - 1)) if num > 1 else moments.missing
     weight = gamma if gamma < 1 else 1.0 / min(count, NEWTON_MEMORY)
-    info = stochastic_approximation(info, {"complete": moments.complete, "missing": missing},
-                                    weight)
+    info = stochastic_approximation(info, {"complete": moments.complete,
+                                           "missing": moments.missing}, weight)
     return moments, info

@@ -151,6 +151,11 @@ class MCMCGradient(ChainLoss):
         self.preconditioner_state: PreconditionerState | None = None
         self.num_samples = check_int(where, "num_samples", num_samples, 1)
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
+        if precondition is not None and num_chains * num_samples < 2:
+            raise ValueError(f"{where}: precondition needs at least 2 draws per step (Louis' "
+                             "missing information is their scores' covariance; one draw "
+                             "would make the direction EM's, not Newton's): pass "
+                             "num_chains=16 or more")
         self.thinning = check_int(where, "thinning", thinning, 1)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0)
         self._options = {"adapt_step_size": warmup_steps > 0, **sampler_options}

@@ -140,7 +140,9 @@ def louis_moments(log_joint: torch.Tensor, leaves, ess: float | None = None) -> 
     num = scores.shape[0]
     gradient = scores.mean(0)
     centred = scores - gradient
-    missing = centred.T @ centred / num
+    # the scores' covariance with Bessel's correction: with few draws (SAEM's, one per
+    # chain) dividing by m reads a fraction of missing information of 0.98 as 0.73 at m = 4
+    missing = centred.T @ centred / max(num - 1, 1)
     ess = float(num) if ess is None else max(1.0, min(float(ess), float(num)))
     return LouisMoments(gradient, complete, missing, missing.diagonal().sqrt() / math.sqrt(ess))
 

@@ -98,7 +98,15 @@ class EnumeratedPosterior:
                 if site["type"] != "sample" or _is_subsample(site):
                     continue
                 site["scale"] = site["scale"] * self.data_share
-                if not site["is_observed"] and abs(float(site["scale"]) - 1.0) > 1e-9:
+                # by its plates, not its scale (a user's poutine.scale is not a plate)
+                shares = {f.size / f.full_size for f in site["cond_indep_stack"]
+                          if f.full_size is not None and f.size != f.full_size}
+                if shares and any(abs(share - self.data_share) > 1e-9 for share in shares):
+                    raise ValueError(
+                        f"EnumeratedPosterior: data_share={self.data_share} does not match the "
+                        f"share {sorted(shares)} of the data that site {name!r}'s subsampled "
+                        "plate holds; pass the rank's share B / N")
+                if not site["is_observed"] and not shares:
                     raise ValueError(
                         f"latent site {name!r} is outside the data plate subsampled to this "
                         "rank's shard: its posterior depends on every rank's data, which "

@@ -385,8 +385,23 @@ def test_enumerated_shard_posteriors_add_up_to_the_full_data():
     assert torch.allclose(q, full.expected_log_joint(), atol=1e-10, rtol=0)
     # control: a share that leaves the N/B scale inside the enumeration (a tempered
     # posterior) is refused, as is a subsampled plate without a share
-    with pytest.raises(ValueError, match="outside the data plate"):
+    with pytest.raises(ValueError, match="does not match"):
         EnumeratedPosterior(model, (x[:20], torch.arange(20), NUM_DATA), {}, data_share=1.0)
+    # a user's poutine.scale on the shard's sites is not mistaken for a site outside it
+    scaled = pyro.poutine.scale(model, scale=2.0)
+    EnumeratedPosterior(scaled, (x[:20], torch.arange(20), NUM_DATA), {},
+                        data_share=20 / NUM_DATA)
+
+    def global_label(x, idx, num_data):  # one label for all the data: outside the plate
+        c = pyro.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])),
+                        infer={"enumerate": "parallel"})
+        with pyro.plate("data", num_data, subsample=idx):
+            loc = torch.tensor([-1.0, 1.0])[c].unsqueeze(-1).unsqueeze(-1)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match="outside the data plate"):
+        EnumeratedPosterior(global_label, (x[:20], torch.arange(20), NUM_DATA), {},
+                            data_share=20 / NUM_DATA)
     with pytest.raises(ValueError, match="subsampled"):
         EnumeratedPosterior(model, (x[:20], torch.arange(20), NUM_DATA), {})
 

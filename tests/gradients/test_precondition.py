@@ -223,6 +223,8 @@ def test_bad_options_are_refused_by_name():
         NewtonPreconditioner(diagonal="yes")
     with pytest.raises(ValueError, match="precondition"):
         lv.MCMCGradient("hmc", precondition="newton")
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        lv.MCMCGradient("hmc", precondition="full")  # one chain, one draw: EM's direction
     model = lv.models.LinearGaussian(dim=1)
     data = model.simulate(20)
     loss = lv.MCMCGradient("hmc", num_chains=2, warmup_steps=5, precondition="diagonal")
