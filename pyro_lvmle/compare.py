@@ -421,8 +421,10 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
                 if counted.calls == calls and max_evaluations < math.inf:
                     raise ValueError(f"compare: a step of {name!r} ran no model evaluation "
                                      "that could be counted (a driver whose sampler was set "
-                                     "up with the model before compare?); pass a fresh one, "
-                                     "or a budget in seconds or steps")
+                                     "up with the model before compare, or a compiled loss "
+                                     "such as jit_compile=True, which replays a graph instead "
+                                     "of running the model); pass a fresh driver, or a "
+                                     "budget in seconds or steps")
                 done = elapsed >= max_seconds or step >= max_steps \
                     or counted.calls >= max_evaluations
                 if step % eval_every == 0 or done:

@@ -24,6 +24,8 @@ step raised tells the others (the driver calls :meth:`RankSum.fail`), which rais
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as distributed
 
@@ -90,13 +92,15 @@ def exchange_status(error: BaseException | None, numel: int, group=None) -> None
 def all_reduce_sum(tensors: list[torch.Tensor], group=None, *, exchange: bool = True
                    ) -> list[torch.Tensor]:
     """Each tensor summed over the ranks, by one ``all_reduce`` of them flattened together
-    (in the dtype and on the device of the last one), after :func:`exchange_status`.
+    (in their promoted dtype, on the device of the last one), after :func:`exchange_status`.
 
     :param list tensors: this rank's tensors (any shapes; not modified).
     :param group: the process group; the default group if ``None``.
     :param bool exchange: exchange the status first (``False`` for a caller that just did).
     """
-    flat = torch.cat([t.detach().reshape(-1).to(tensors[-1]) for t in tensors])
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    device = tensors[-1].device
+    flat = torch.cat([t.detach().reshape(-1).to(device=device, dtype=dtype) for t in tensors])
     if exchange:
         exchange_status(None, flat.numel(), group)
     distributed.all_reduce(flat, group=group)

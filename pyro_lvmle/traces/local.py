@@ -218,7 +218,11 @@ class LocalTarget:
                                  beta=potential._chain_beta(position), enumerate=False)
         total = position.new_zeros(num_chains, self.num_data)
         for name, log_prob in _log_probs(trace).items():
-            frame = next(f for f in trace.nodes[name]["cond_indep_stack"] if f.name == self.plate)
+            frame = next((f for f in trace.nodes[name]["cond_indep_stack"]
+                          if f.name == self.plate), None)
+            if frame is None:
+                raise ValueError(f"LocalTarget: site {name!r} is not in the plate "
+                                 f"{self.plate!r}; its density is not one per datum")
             log_prob = torch.as_tensor(log_prob)
             log_prob = log_prob.reshape((1,) * max(rank - log_prob.dim(), 0) + log_prob.shape)
             chain_axis, data_axis = log_prob.dim() - rank, log_prob.dim() + frame.dim

@@ -71,6 +71,17 @@ def test_not_local_where_a_latent_or_the_plate_is_shared():
             pyro.sample("x", dist.Normal(z, 1.0), obs=data[idx])
 
     assert local_plate(Potential(subsampled, (x,))) is None
+
+
+    def observed_total(data):  # one observation of all the data's latents together
+        with pyro.plate("data", data.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("total", dist.Normal(z.sum(-1), 1.0), obs=data.sum())
+
+    potential = Potential(observed_total, (x,))
+    assert local_plate(potential) is None
+    with pytest.raises(ValueError, match="'total' is not in the plate"):
+        LocalTarget(potential, "data").energies(potential.sample_prior(2))
     with pytest.raises(ValueError, match="'scale' is not in the plate"):
         LocalTarget(Potential(global_and_local, (x,)), "data")
     with pytest.raises(ValueError, match="one value for every chain"):
