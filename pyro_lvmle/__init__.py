@@ -8,7 +8,8 @@ Background page of the documentation. Import it as ``import pyro_lvmle as lv``.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import evidence, models, parallel
-from .compare import Comparison, compare
+from .compare import compare
+from .comparison import Comparison
 from .em import MCEM, SAEM, ConvergenceWarning, ExactEM, History, StochasticNewton, VariationalEM
 from .evidence import Estimate, log_marginal, log_partition
 from .gradients import (
