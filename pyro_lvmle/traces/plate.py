@@ -18,9 +18,10 @@ from pyro.distributions.util import scale_and_mask
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.condition_messenger import ConditionMessenger
 
+from .layout import check_positions
 from .particles import _is_subsample
 
-__all__ = ["CHAIN_PLATE", "data_share", "plate_energy", "site_log_probs"]
+__all__ = ["CHAIN_PLATE", "data_share", "log_joint_at_data", "plate_energy", "site_log_probs"]
 
 #: Name of the plate that vectorizes chains.
 CHAIN_PLATE = "num_chains_vectorized"
@@ -188,3 +189,24 @@ def _sum_to_chains(log_prob, rank, num_chains):
     others = tuple(d for d in range(log_prob.dim()) if d != chain_dim)
     total = log_prob.sum(others) if others else log_prob  # sum(()) would sum everything
     return total.expand(num_chains)
+
+
+def log_joint_at_data(potential, position: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log p(x, T(q))` with the model at its observed data prepended, ``(1 + C,)``:
+    equal to ``potential.log_joint(torch.cat([potential.initial_position(1), position]))``,
+    but from one run of the model on the plate path (the data read inside the run; two runs
+    on the vmap path, for a tempered view, or with latent target sites).
+
+    :param potential: a :class:`~pyro_lvmle.traces.Potential` with ``uncondition=True``.
+    :param torch.Tensor position: ``(C, D)``.
+    :raises ValueError: for a potential built without ``uncondition=True``.
+    """
+    if not potential.uncondition:
+        raise ValueError("Potential.log_joint: at_data=True needs a potential built with "
+                         "uncondition=True (its target sites are the observed ones)")
+    check_positions(position, potential.dim)
+    if potential.vectorization == "vmap" or potential.beta is not None or not all(
+            site.was_observed for site in potential.sites):
+        start = potential.initial_position(1).to(position)
+        return potential.log_joint(torch.cat([start, position]))
+    return plate_energy(potential, position, False, None, at_data=True).neg()

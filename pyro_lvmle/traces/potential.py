@@ -7,14 +7,9 @@ one run of the model gives every chain's energy (and, by one backward pass, ever
 gradient). Positions are flat ``(C, D)`` tensors; :meth:`Potential.unpack` maps them back to
 constrained site values.
 
-Discrete latent sites are summed out exactly where Pyro can enumerate them, as Pyro's HMC
-and NUTS do: those marked ``infer={"enumerate": "parallel"}`` and, unmarked, those with at
-most :data:`~pyro_lvmle.traces.discrete.MAX_ENUMERATED_SUPPORT` values whose dependents lie
-in all their plates. Every other discrete site (a Poisson count, a site marked
-``"sequential"``) is *sampled*: it gets coordinates holding its exact integer values, listed
-by :attr:`Potential.discrete_blocks`, with per-element energies for discrete steps
-(:meth:`Potential.block_energy`). With ``uncondition=True`` the model's observed sites
-become the target instead of the data (the negative phase of undirected models).
+Discrete latent sites are summed out where Pyro can enumerate them, as Pyro's HMC and NUTS
+do, and sampled otherwise (see :class:`Potential`); with ``uncondition=True`` the model's
+observed sites become the target instead of the data (the negative phase of undirected models).
 
 A model written for one sample (``u[herd]``, ``z @ W``, ``x[:, 0]``) breaks under the chain
 plate; for it the potential evaluates each chain in the model's own shapes under
@@ -36,7 +31,7 @@ from .dependence import block_energy, dependencies, discrete_blocks, summed_out
 from .discrete import DiscreteBlock, into_support, mark_parallel
 from .layout import LatentSite, check_positions, is_target_site, lay_out
 from .particles import _is_subsample, guess_max_plate_nesting
-from .plate import CHAIN_PLATE, plate_energy, subsample_factor
+from .plate import CHAIN_PLATE, log_joint_at_data, plate_energy, subsample_factor
 from .vmap import _prior_draws, _vmap_energy, choose_vectorization
 
 __all__ = ["CHAIN_PLATE", "LatentSite", "Potential"]
@@ -256,22 +251,12 @@ class Potential:
         model's distributions are not validated (vmap cannot run their checks).
 
         :param torch.Tensor position: ``(C, D)``.
-        :param bool at_data: with ``uncondition=True``, prepend the model at its observed
-            data: ``(1 + C,)``, row 0 the log joint at the data (the positive phase of
-            contrastive divergence), equal to
-            ``log_joint(torch.cat([initial_position(1), position]))`` but from one run of the
-            model on the plate path (the data read inside the run).
+        :param bool at_data: prepend row 0, the log joint at the observed data, from the same
+            run (:func:`~pyro_lvmle.traces.plate.log_joint_at_data`).
         """
-        if not at_data:
-            return self._energy(position, jacobian=False).neg()
-        if not self.uncondition:
-            raise ValueError("Potential.log_joint: at_data=True needs a potential built with "
-                             "uncondition=True (its target sites are the observed ones)")
-        check_positions(position, self.dim)
-        if self.vectorization == "vmap" or self.beta is not None or not all(
-                site.was_observed for site in self.sites):
-            return self.log_joint(torch.cat([self.initial_position(1).to(position), position]))
-        return plate_energy(self, position, False, None, at_data=True).neg()
+        if at_data:
+            return log_joint_at_data(self, position)
+        return self._energy(position, jacobian=False).neg()
 
     def __call__(self, position: torch.Tensor) -> torch.Tensor:
         """:math:`U(q)` per chain, shape ``(C,)``, for positions ``(C, D)``.
