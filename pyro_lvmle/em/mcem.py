@@ -35,7 +35,12 @@ from ..gradients.newton import assign_flat, flatten, louis_moments
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import check_m_step, load_optim_state, maximize
-from .newton_correction import CorrectionState, newton_correction
+from .newton_correction import (
+    CorrectionState,
+    default_newton,
+    newton_correction,
+    verify_speedup,
+)
 
 __all__ = ["MCEM", "AscentDecision", "AscentRule", "ascent_rule"]
 
@@ -64,14 +69,20 @@ class MCEM(Driver):
     :param float gamma: the stopping rule's risk (0.05).
     :param float tol: :math:`C`, the Q-increase below which the run has converged (0.001).
     :param int max_num_samples: cap on kept draws per chain per E-step.
-    :param bool newton: follow each M-step by Louis' Newton correction
+    :param newton: follow each M-step by Louis' Newton correction
         (:func:`~pyro_lvmle.em.newton_correction.newton_correction`, moments from the same
-        draws), whose rate does not depend on the fraction of missing information; the
-        stopping rule then also needs the step's estimated log-likelihood change below
-        ``tol``. ``False`` (default): plain MCEM, which creeps at that fraction per
-        iteration, and whose Q-increase is then small far from the maximum (see "When EM is
-        slow"). Not the default: on PPCA, whose rotation is not identified, it was no faster
-        and its stopping rule fired later.
+        draws, averaged over iterations), whose rate does not depend on the fraction of
+        missing information; the stopping rule then also needs the step's estimated
+        log-likelihood change below ``tol`` (unless the correction was held to at most
+        twice EM's move). How far it may outrun EM is adapted: each
+        correction is judged by the next E-step's draws, which its step was not fitted to
+        (:func:`~pyro_lvmle.em.newton_correction.verify_speedup`), so that where the
+        likelihood is flat along some direction (PPCA's rotation) the M-step's Monte Carlo
+        noise is not multiplied. ``None`` (default): on in one process for models with at most
+        :data:`~pyro_lvmle.em.newton_correction.NEWTON_MAX_PARAMS` parameter entries (Louis'
+        information costs a backward pass per entry), off otherwise. ``False``: plain MCEM,
+        which creeps at the fraction of missing information per iteration, and whose
+        Q-increase is then small far from the maximum (see "When EM is slow").
     :param float max_speedup: the most the correction may outrun EM along any direction.
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`
         (``step_size``, ``num_steps``, ``target_accept``, ``adapt_mass``, ...).
@@ -85,8 +96,9 @@ class MCEM(Driver):
     Metrics per step: ``q_increase`` and ``q_increase_se`` (:math:`\Delta\hat Q` and its
     standard error), ``num_samples`` (draws used, all chains), ``accept_prob``, ``ess``
     (effective sample size of :math:`\Delta\hat Q`'s terms), ``converged``; with ``newton``:
-    ``newton_accepted``, ``fraction_missing`` (EM's rate along its slowest direction) and
-    ``log_likelihood_change`` (importance estimate for the step).
+    ``newton_accepted``, ``fraction_missing`` (EM's rate along its slowest direction),
+    ``log_likelihood_change`` (importance estimate for the step) and ``speedup`` (the most
+    the correction could outrun EM).
 
     References:
 
@@ -116,12 +128,13 @@ class MCEM(Driver):
                  m_steps: int = 100, num_chains: int = 4, warmup_steps: int = 200,
                  burn_in: int = 0, thinning: int = 1, auto: bool = True, alpha: float = 0.25,
                  beta: float = 0.25, gamma: float = 0.05, tol: float = 1e-3,
-                 max_num_samples: int = 100_000, newton: bool = False,
+                 max_num_samples: int = 100_000, newton: bool | None = None,
                  max_speedup: float = 100.0, kernel_options: dict | None = None,
                  record_params=True, ranks=None):
         super().__init__(model, record_params=record_params, ranks=ranks)
-        if not isinstance(newton, bool):
-            raise TypeError(f"MCEM: newton must be True or False, got {newton!r}")
+        if newton is not None and not isinstance(newton, bool):
+            raise TypeError(f"MCEM: newton must be True, False or None (on where it is "
+                            f"affordable), got {newton!r}")
         if newton and self.ranks.distributed:
             raise ValueError("MCEM: the Newton correction is not data-parallel; use "
                              "newton=False with ranks")
@@ -166,6 +179,8 @@ class MCEM(Driver):
 
     def _step(self, args, kwargs):
         params = self.model_params(*args, **kwargs)
+        if self.newton is None:
+            self.newton = default_newton(params.values(), self.ranks)
         start = {n: p.detach().clone() for n, p in params.items()}
         share = self.ranks.share(self.model, args, kwargs)  # of the data: 1 in one process
         if self.burn_in and self.iteration > 0:
@@ -200,9 +215,12 @@ class MCEM(Driver):
         if self.auto:
             # with the correction, EM's own Q-increase is small far from the maximum when
             # the fraction of missing information is large: the step's estimated
-            # log-likelihood change must be small too
+            # log-likelihood change must be small too, unless the correction was held to
+            # at most twice EM's move (the next draws found it did not pay), where EM's
+            # own rule judges
             self.converged = decision.converged and (
-                not self.newton or abs(extra["log_likelihood_change"]) < self.tol)
+                not self.newton or extra["speedup"] <= 2.0
+                or abs(extra["log_likelihood_change"]) < self.tol)
             self.num_samples = decision.next_num_samples
         return {"q_increase": increase, "q_increase_se": se, "ess": ess,
                 "num_samples": draws.shape[0] * draws.shape[1],
@@ -211,19 +229,28 @@ class MCEM(Driver):
                 **extra}
 
     def _correct(self, params, start, potential, flat) -> dict:
-        """Louis' Newton correction of the M-step (moments at the draws' parameters)."""
+        """Louis' Newton correction of the M-step (moments at the draws' parameters), after
+        judging the last one with these draws."""
         leaves = list(params.values())
         theta_em, theta_k = flatten(leaves), flatten(start.values())
+        at_em = None
+        if self._correction.em_point is not None:
+            assign_flat(leaves, self._correction.em_point)
+            with torch.no_grad():
+                at_em = potential.log_joint(flat)
         assign_flat(leaves, theta_k)
         with torch.enable_grad():
             log_joints = potential.log_joint(flat)
             moments = louis_moments(log_joints, leaves)
         assign_flat(leaves, theta_em)
+        self._correction = verify_speedup(self._correction, log_joints.detach(), at_em,
+                                          self.max_speedup)
+        speedup = self._correction.speedup
         self._correction, extra = newton_correction(
             self._correction, leaves, theta_k, moments, 1.0,
             lambda: potential.log_joint(flat), log_joints.detach(),
             max_speedup=self.max_speedup)
-        return extra
+        return {**extra, "speedup": speedup}
 
     def _extra_state(self) -> dict:
         state = {"num_samples": self.num_samples, "chains": self.sampler.state_dict(),

@@ -23,11 +23,14 @@ corrected iterates move faster than the chains follow; measured on
 :class:`~pyro_lvmle.models.LogisticGrowth` it stalled at 0.1-0.2 below the maximum, so SAEM
 does not offer it: use :class:`~pyro_lvmle.em.StochasticNewton`.) The corrected point is accepted
 by :func:`~pyro_lvmle.gradients.newton.trust_region_step` (the importance estimate of the
-log-likelihood change from the iteration's draws); otherwise the M-step's point is kept.
+log-likelihood change from the iteration's draws), whose radius bounds the acceleration
+beyond the M-step's point (never the M-step's own move); otherwise the M-step's point is
+kept.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -35,18 +38,35 @@ import torch
 from ..gradients.newton import (
     assign_flat,
     flatten,
+    importance_log_ratio,
     louis_moments,
     newton_step,
     trust_region_step,
 )
 from .schedules import stochastic_approximation
 
-__all__ = ["DAMPING", "CorrectionState", "averaged_moments", "damped_newton",
-           "newton_correction"]
+__all__ = ["DAMPING", "INITIAL_SPEEDUP", "NEWTON_MAX_PARAMS", "CorrectionState",
+           "averaged_moments", "damped_newton", "default_newton", "newton_correction",
+           "verify_speedup"]
+
+#: the most parameter entries for which a driver's ``newton=None`` turns the Newton steps on:
+#: Louis' information costs one backward pass per entry and a P x P eigendecomposition
+NEWTON_MAX_PARAMS = 200
+
+
+def default_newton(leaves, ranks) -> bool:
+    """What ``newton=None`` means for a driver: on in one process when the parameters have at
+    most :data:`NEWTON_MAX_PARAMS` entries (the moments are not reduced across ranks)."""
+    return not ranks.distributed and sum(leaf.numel() for leaf in leaves) <= NEWTON_MAX_PARAMS
+
 
 #: while gamma = 1, SAEM's Newton steps average the information over about this many
 #: iterations (as :class:`~pyro_lvmle.em.StochasticNewton`'s ``memory``)
 NEWTON_MEMORY = 20
+
+
+#: the speedup the first correction may take (:attr:`CorrectionState.speedup`)
+INITIAL_SPEEDUP = 4.0
 
 
 class CorrectionState(NamedTuple):
@@ -56,12 +76,19 @@ class CorrectionState(NamedTuple):
     :ivar torch.Tensor theta_bar: :math:`\\bar\\theta` flat (``None`` at first).
     :ivar float radius: the trust region's radius.
     :ivar int count: iterations averaged so far.
+    :ivar float speedup: the most the next correction may outrun EM along any direction
+        (adapted by :func:`verify_speedup`).
+    :ivar torch.Tensor em_point: the last M-step's point (flat) when the correction moved
+        past it, for :func:`verify_speedup` to judge with the next iteration's draws;
+        ``None`` otherwise.
     """
 
     averages: dict | None = None
     theta_bar: torch.Tensor | None = None
     radius: float = 1.0
     count: int = 0
+    speedup: float = INITIAL_SPEEDUP
+    em_point: torch.Tensor | None = None
 
 
 def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, moments,
@@ -77,7 +104,8 @@ def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, mom
     :param evaluate: ``evaluate() -> (m,)`` log joints at the draws at the leaves' values.
     :param torch.Tensor before: the log joints at :math:`\theta_k`.
     :param int memory: the information's averaging window while :math:`\gamma_k = 1`.
-    :param float max_speedup: see :func:`~pyro_lvmle.gradients.newton.newton_step`.
+    :param float max_speedup: the cap on the adapted speedup (``state.speedup``, the
+        ``max_speedup`` of :func:`~pyro_lvmle.gradients.newton.newton_step`).
     :param float max_radius: the trust region's largest radius.
     :returns: the new state and the iteration's metrics (``newton_accepted``,
         ``fraction_missing``, ``log_likelihood_change``).
@@ -95,6 +123,11 @@ def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, mom
         >>> log_joint = lambda: -0.5 * z**2   # flat in theta: the importance check passes
         >>> state, metrics = newton_correction(CorrectionState(), [theta], torch.zeros(1),
         ...                                    moments, 1.0, log_joint, log_joint())
+        >>> round(float(theta[0]), 6)      # 4 EM moves at first (INITIAL_SPEEDUP)
+        0.4
+        >>> theta[0] = 0.1
+        >>> state, metrics = newton_correction(CorrectionState(speedup=100.0), [theta],
+        ...     torch.zeros(1), moments, 1.0, log_joint, log_joint())
         >>> round(float(theta[0]), 6)      # the Newton point: 0.1 / (1 - 0.9)
         1.0
     """
@@ -106,6 +139,18 @@ def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, mom
     theta_bar = theta_k if state.theta_bar is None or gamma == 1 else \
         state.theta_bar + gamma * (theta_k - state.theta_bar)
     theta_em = flatten(leaves)
+    em_move, metric = theta_em - theta_bar, averages["complete"]
+
+    def solve(gradient, complete, missing, gamma, *, max_speedup, max_step):
+        # the radius bounds the acceleration beyond the M-step's point, not the move: the
+        # correction never moves less than EM (whose move far from the optimum is long)
+        full = newton_step(gradient, complete, missing, gamma, max_speedup=max_speedup,
+                           max_step=math.inf)
+        extra = full.step - em_move
+        length = math.sqrt(abs(float(extra @ metric @ extra)))
+        if length <= max_step:
+            return full
+        return full._replace(step=em_move + extra * (max_step / length), truncated=True)
 
     def trial(step):
         assign_flat(leaves, theta_bar + step)
@@ -114,12 +159,64 @@ def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, mom
 
     out = trust_region_step(averages["complete"] @ (theta_em - theta_bar),
                             averages["complete"], averages["missing"], 1.0, state.radius,
-                            trial, before, max_speedup=max_speedup, max_radius=max_radius)
+                            trial, before, max_speedup=min(state.speedup, max_speedup),
+                            max_radius=max_radius, solve=solve)
     assign_flat(leaves, theta_bar + out.newton.step if out.accepted else theta_em)
+    moved_past = out.accepted and min(state.speedup, max_speedup) > 1.0
     metrics = {"newton_accepted": out.accepted,
                "fraction_missing": out.newton.fraction_missing,
                "log_likelihood_change": out.change}
-    return CorrectionState(averages, theta_bar, out.radius, count), metrics
+    # every trial rejected: the M-step's own move (in every trial) failed the check, as far
+    # from the optimum where it is long; the radius, which bounds only the acceleration, is
+    # kept rather than left 2^-12 times smaller
+    radius = out.radius if out.accepted else state.radius
+    return CorrectionState(averages, theta_bar, radius, count, state.speedup,
+                           theta_em if moved_past else None), metrics
+
+
+def verify_speedup(state: CorrectionState, before: torch.Tensor, at_em: torch.Tensor | None,
+                   max_speedup: float) -> CorrectionState:
+    r"""Judge the last correction with the new iteration's draws, and adapt the speedup.
+
+    The correction's own check (:func:`~pyro_lvmle.gradients.newton.trust_region_step`)
+    reuses the draws its step was fitted to, and Louis' information from few draws cannot
+    tell a direction whose fraction of missing information is 0.97 (a non-centered random
+    effect: the speedup it needs is about 30) from one where it is exactly 1 (a likelihood
+    flat along PPCA's rotation: any speedup only multiplies the M-step's Monte Carlo noise).
+    The draws of the next E-step, made at the corrected point :math:`	heta_k` and
+    independent of the step, settle it: the importance estimate of
+    :math:`\log p(x; 	heta^{EM}_{k-1}) - \log p(x; 	heta_k)` (the M-step's point against
+    the corrected one) significantly negative, two standard errors, means the acceleration
+    paid, and the speedup doubles (up to ``max_speedup``); otherwise it halves (down to one,
+    EM's own move). After an iteration without acceleration it doubles, to try again.
+
+    :param CorrectionState state: the state after the last correction.
+    :param torch.Tensor before: :math:`\log p(x, z_j; 	heta_k)` at the new draws, ``(m,)``.
+    :param torch.Tensor at_em: :math:`\log p(x, z_j; 	heta^{EM}_{k-1})` at the same draws,
+        or ``None`` if ``state.em_point`` is ``None``.
+    :param float max_speedup: the largest speedup.
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.em.newton_correction import CorrectionState, verify_speedup
+        >>> z = 1 + torch.randn(1000)  # draws of p(z | x; theta) at the corrected theta = 1
+        >>> def log_joint(theta):      # log p(x; theta) = -5 (theta - 1)^2 + const
+        ...     return -0.5 * (z - theta) ** 2 - 5 * (theta - 1) ** 2
+        >>> state = CorrectionState(speedup=8.0, em_point=torch.tensor([0.1]))
+        >>> before, at_em = log_joint(1.0), log_joint(0.1)
+        >>> verify_speedup(state, before, at_em, 100.0).speedup   # it paid: the EM point is worse
+        16.0
+        >>> verify_speedup(state, at_em, before, 100.0).speedup   # it did not
+        4.0
+    """
+    if state.em_point is None:  # nothing to judge; after the first correction, try further
+        return state if state.count == 0 else \
+            state._replace(speedup=min(2.0 * state.speedup, max_speedup))
+    change, se = importance_log_ratio(before, at_em)
+    paid = math.isfinite(change) and change + se < 0.0
+    speedup = min(2.0 * state.speedup, max_speedup) if paid else max(1.0, state.speedup / 2)
+    return state._replace(speedup=speedup, em_point=None)
 
 
 #: SAEM's damping: the burn-in's iterate counts as about ``DAMPING / (1 - mu)`` iterations

@@ -43,7 +43,7 @@ from .burn_in import MIN_BURN_IN, record_burn_in
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import maximize
-from .newton_correction import averaged_moments, damped_newton
+from .newton_correction import averaged_moments, damped_newton, default_newton
 from .schedules import saem_step_size, stochastic_approximation
 
 __all__ = ["SAEM", "resample", "stochastic_approximation", "update_memory"]
@@ -106,9 +106,11 @@ class SAEM(Driver):
         instead of SAEM's own decreasing steps, whose rate is EM's: where the fraction of
         missing information :math:`\mu` is close to one they freeze the estimate short of
         the maximum (:math:`\gamma_k = 1/j` removes the error only like
-        :math:`j^{-(1-\mu)}`). ``None`` (default): on for the generic form in one process;
-        off for the fast path (which has none) and with data-parallel ``ranks`` (not reduced
-        across ranks yet).
+        :math:`j^{-(1-\mu)}`). ``None`` (default): on for the generic form in one process
+        when the parameters have at most
+        :data:`~pyro_lvmle.em.newton_correction.NEWTON_MAX_PARAMS` entries (Louis' information
+        costs a backward pass per entry); off for the fast path (which has none), with
+        data-parallel ``ranks`` (not reduced across ranks yet) and for larger models.
     :param float max_speedup: the most a Newton step may outrun the EM-gradient step.
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`.
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
@@ -172,13 +174,12 @@ class SAEM(Driver):
             raise ValueError("SAEM: Newton steps are not data-parallel yet (their Louis "
                              "moments are not reduced across ranks); pass newton=False with "
                              "ranks")
-        # data-parallel runs take SAEM's own decreasing steps (see newton above)
-        self.newton = statistics is None and not self.ranks.distributed if newton is None \
-            else newton
+        # None: decided at the first step, where the parameters are known (default_newton);
+        # the fast path and data-parallel runs take SAEM's own decreasing steps
+        self.newton = False if statistics is not None else newton
         check_int("SAEM", "min_burn_in", min_burn_in, low=MIN_BURN_IN)
-        if max_burn_in is None:  # never below the shortest burn-in asked for
-            max_burn_in = max(NEWTON_MAX_BURN_IN if self.newton else 500, min_burn_in)
-        check_int("SAEM", "max_burn_in", max_burn_in, low=min_burn_in)
+        if max_burn_in is not None:
+            check_int("SAEM", "max_burn_in", max_burn_in, low=min_burn_in)
         self.max_speedup = check_positive("SAEM", "max_speedup", max_speedup)
         if self.max_speedup < 1:
             raise ValueError(f"SAEM: max_speedup must be >= 1, got {max_speedup!r}")
@@ -246,6 +247,11 @@ class SAEM(Driver):
 
     def _step(self, args, kwargs):
         params = self.model_params(*args, **kwargs)
+        if self.newton is None:
+            self.newton = default_newton(params.values(), self.ranks)
+        if self.max_burn_in is None:  # never below the shortest burn-in asked for
+            self.max_burn_in = max(NEWTON_MAX_BURN_IN if self.newton else 500,
+                                   self.min_burn_in)
         unknown = [n for n in self.anneal if n not in params]
         if unknown:
             raise ValueError(f"SAEM: anneal names {unknown} are not parameters of the model "

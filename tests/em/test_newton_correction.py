@@ -7,7 +7,14 @@ import pytest
 import torch
 
 import pyro_lvmle as lv
-from pyro_lvmle.em.newton_correction import CorrectionState, newton_correction
+from pyro_lvmle.em.newton_correction import (
+    INITIAL_SPEEDUP,
+    NEWTON_MAX_PARAMS,
+    CorrectionState,
+    default_newton,
+    newton_correction,
+    verify_speedup,
+)
 from pyro_lvmle.gradients.newton import louis_moments
 
 
@@ -29,8 +36,9 @@ def test_one_corrected_step_reaches_the_linear_gaussian_mle():
     with torch.no_grad():
         w.copy_(z.mean((0, 1)))  # the M-step: the mean of the imputed z
     em_move = float(w.detach() - start)
-    state, metrics = newton_correction(CorrectionState(), [w], start, moments, 1.0, log_joint,
-                                       before.detach())
+    # a speedup earned by earlier verified corrections (the first is held to 4 EM moves)
+    state, metrics = newton_correction(CorrectionState(speedup=100.0), [w], start, moments,
+                                       1.0, log_joint, before.detach())
     # the Monte Carlo error of the corrected point: that of the mean of z (the M-step),
     # times 1 / (1 - 0.9)
     se = float(z.mean(1).std()) / 40000**0.5 * (1 + sigma**2)
@@ -40,6 +48,38 @@ def test_one_corrected_step_reaches_the_linear_gaussian_mle():
     # control: the M-step alone is nowhere near
     assert abs(float(start) + em_move - mle) > 4 * se
     assert state.count == 1
+    assert torch.equal(state.em_point, start + em_move)  # for the next draws to judge
+    # the first correction of a run may outrun EM 4 times (INITIAL_SPEEDUP), no more
+    with torch.no_grad():
+        w.copy_(start + em_move)
+    newton_correction(CorrectionState(), [w], start, moments, 1.0, log_joint, before.detach())
+    assert abs(float(w.detach() - start) - INITIAL_SPEEDUP * em_move) < 1e-6 * abs(em_move)
+
+
+def test_verify_speedup_doubles_when_the_next_draws_find_the_correction_paid():
+    """Draws of p(z | x; theta) = N(theta, 1) at the corrected point theta = 1, for a model
+    whose log-likelihood is -(theta - 1)^2 a / 2: the M-step's point 0.5 is worse by a / 8.
+    The speedup doubles when it is (curvature 8), halves when the M-step's point is the better
+    one, and never leaves [1, max_speedup]."""
+    z = 1 + torch.randn(4000)
+
+    def log_joint(theta, a):
+        return -0.5 * (z - theta) ** 2 - 0.5 * a * (theta - 1) ** 2
+
+    state = CorrectionState(speedup=8.0, em_point=torch.tensor([0.5]))
+    paid = verify_speedup(state, log_joint(1.0, 8.0), log_joint(0.5, 8.0), 100.0)
+    assert paid.speedup == 16.0 and paid.em_point is None
+    # control: the M-step's point better than the corrected one
+    assert verify_speedup(state, log_joint(0.5, 8.0), log_joint(1.0, 8.0), 100.0).speedup == 4
+    assert verify_speedup(state._replace(speedup=80.0), log_joint(1.0, 8.0),
+                          log_joint(0.5, 8.0), 100.0).speedup == 100.0
+    assert verify_speedup(state._replace(speedup=1.0), log_joint(0.5, 8.0),
+                          log_joint(1.0, 8.0), 100.0).speedup == 1.0
+    # after an iteration that did not outrun EM, the next may try twice as far
+    assert verify_speedup(CorrectionState(speedup=1.0, count=3), log_joint(1.0, 0.0), None,
+                          100.0).speedup == 2.0
+    # before the first correction there is nothing to judge
+    assert verify_speedup(CorrectionState(), log_joint(1.0, 0.0), None, 100.0).speedup == 4.0
 
 
 def test_damped_newton_gain_and_the_frozen_decreasing_steps_it_replaces():
@@ -64,3 +104,23 @@ def test_damped_newton_gain_and_the_frozen_decreasing_steps_it_replaces():
         newton = newton + step.step
         saem = saem - gamma * (1 - mu) * saem
     assert float(saem) > 0.8 and float(newton) < 0.19, (float(saem), float(newton))
+
+
+def test_newton_is_on_by_default_only_where_louis_information_is_affordable():
+    """``newton=None``: one backward pass per parameter entry, so on up to NEWTON_MAX_PARAMS
+    entries in one process; off above, and off across data-parallel ranks."""
+    from pyro_lvmle.em.ranks import OneProcess
+
+    small = [torch.zeros(NEWTON_MAX_PARAMS)]
+    large = [torch.zeros(NEWTON_MAX_PARAMS - 1), torch.zeros(2)]
+    assert default_newton(small, OneProcess()) and not default_newton(large, OneProcess())
+
+    class TwoRanks(OneProcess):
+        distributed = True
+
+    assert not default_newton(small, TwoRanks())
+    model = lv.models.PPCA(data_dim=30, latent_dim=7)  # 210 + 30 + 1 entries
+    data = model.simulate(10)
+    mcem = lv.MCEM(model, num_samples=2, num_chains=2, warmup_steps=30, auto=False, m_steps=1)
+    mcem.step(data)
+    assert mcem.newton is False and "speedup" not in mcem.history.metric_names

@@ -176,10 +176,18 @@ def test_newton_options_are_checked():
         lv.SAEM(model, newton=True, statistics=ppca_statistics, m_step=ppca_m_step)
     with pytest.raises(ValueError, match="max_speedup"):
         lv.SAEM(model, max_speedup=0.5)
-    assert lv.SAEM(model).newton and not lv.SAEM(model, statistics=ppca_statistics,
-                                                 m_step=ppca_m_step).newton
-    assert lv.SAEM(model).max_burn_in == 150 and lv.SAEM(model, newton=False).max_burn_in == 500
+    assert lv.SAEM(model, statistics=ppca_statistics, m_step=ppca_m_step).newton is False
+    data = model.simulate(20)
+
+    def first_step(**options):
+        saem = lv.SAEM(model, num_chains=2, warmup_steps=30, **options)
+        assert saem.newton is options.get("newton")  # None: decided with the parameters
+        saem.step(data)
+        return saem
+
+    on, off = first_step(), first_step(newton=False)
+    assert on.newton and on.max_burn_in == 150 and off.max_burn_in == 500
     # a longer shortest burn-in raises the default cap with it; a bad one is named
-    assert lv.SAEM(model, min_burn_in=200).max_burn_in == 200
+    assert first_step(min_burn_in=200).max_burn_in == 200
     with pytest.raises(TypeError, match="min_burn_in"):
         lv.SAEM(model, min_burn_in="x")
