@@ -183,16 +183,16 @@ def verify_speedup(state: CorrectionState, before: torch.Tensor, at_em: torch.Te
     tell a direction whose fraction of missing information is 0.97 (a non-centered random
     effect: the speedup it needs is about 30) from one where it is exactly 1 (a likelihood
     flat along PPCA's rotation: any speedup only multiplies the M-step's Monte Carlo noise).
-    The draws of the next E-step, made at the corrected point :math:`	heta_k` and
+    The draws of the next E-step, made at the corrected point :math:`\theta_k` and
     independent of the step, settle it: the importance estimate of
-    :math:`\log p(x; 	heta^{EM}_{k-1}) - \log p(x; 	heta_k)` (the M-step's point against
-    the corrected one) significantly negative, two standard errors, means the acceleration
-    paid, and the speedup doubles (up to ``max_speedup``); otherwise it halves (down to one,
-    EM's own move). After an iteration without acceleration it doubles, to try again.
+    :math:`\log p(x; \theta^{EM}_{k-1}) - \log p(x; \theta_k)` (the M-step's point against
+    the corrected one) below minus one standard error means the acceleration paid, and the
+    speedup doubles (up to ``max_speedup``); otherwise it halves (down to one, EM's own
+    move). After an iteration without acceleration it doubles, to try again.
 
     :param CorrectionState state: the state after the last correction.
-    :param torch.Tensor before: :math:`\log p(x, z_j; 	heta_k)` at the new draws, ``(m,)``.
-    :param torch.Tensor at_em: :math:`\log p(x, z_j; 	heta^{EM}_{k-1})` at the same draws,
+    :param torch.Tensor before: :math:`\log p(x, z_j; \theta_k)` at the new draws, ``(m,)``.
+    :param torch.Tensor at_em: :math:`\log p(x, z_j; \theta^{EM}_{k-1})` at the same draws,
         or ``None`` if ``state.em_point`` is ``None``.
     :param float max_speedup: the largest speedup.
 
