@@ -144,8 +144,8 @@ def convergence_report(history, *, trend: bool = False, rising: bool = True, las
                 f"the objective still rises ({name} {increase:.3g} per iteration over the last "
                 f"{len(values)}, Monte Carlo error {se:.2g}{rate}), which predicts about "
                 f"{increase + remaining:.3g} more to gain: run more steps, or, where the "
-                "fraction of missing information is large, use Newton steps (MCEM(newton=True), "
-                "SAEM(newton=True), StochasticNewton)")
+                "fraction of missing information is large, use Newton steps (newton=True in "
+                "MCEM and SAEM, their default up to 200 parameter entries; StochasticNewton)")
     # trend
     z = math.nan
     params = history.params if trend else {}

@@ -20,10 +20,7 @@ from ..gradients.newton import assign_flat, flatten
 from ..traces import EnumeratedPosterior, guess_max_plate_nesting
 from .driver import Driver
 from .m_step import check_m_step, load_optim_state, maximize
-from .squarem import squarem_alpha, squarem_point
-
-#: SQUAREM's backtracking halvings of alpha - 1 before falling back to plain EM
-MAX_BACKTRACKS = 20
+from .squarem import backtracked_alpha
 
 __all__ = ["ExactEM"]
 
@@ -157,18 +154,13 @@ class ExactEM(Driver):
         theta1 = flatten(params.values())
         second = self._update(args, kwargs, params)
         theta2 = flatten(params.values())
-        alpha = squarem_alpha(theta0, theta1, theta2)
-        for _ in range(MAX_BACKTRACKS):
-            if alpha == -1.0:
-                break
-            assign_flat(params.values(), squarem_point(theta0, theta1, theta2, alpha))
+
+        def accept(point):
+            assign_flat(params.values(), point)
             self._posterior = None
-            value = self.restart_objective(*args, **kwargs)
-            if value >= second:  # NaN fails too
-                break
-            alpha = (alpha - 1) / 2 if alpha < -1.01 else -1.0
-        else:
-            alpha = -1.0
+            return self.restart_objective(*args, **kwargs) >= second  # NaN fails too
+
+        alpha = backtracked_alpha(theta0, theta1, theta2, accept)
         if alpha == -1.0:  # plain EM: the second update, then the stabilizing one
             assign_flat(params.values(), theta2)
             self._posterior = None

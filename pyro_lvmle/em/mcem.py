@@ -31,7 +31,13 @@ import torch
 
 from .._checks import check_int, check_positive, check_probability
 from ..gradients import MCMCGradient
-from ..gradients.newton import assign_flat, flatten, louis_moments
+from ..gradients.newton import (
+    assign_flat,
+    flatten,
+    importance_log_ratio,
+    louis_moments,
+    usable_weights,
+)
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import check_m_step, load_optim_state, maximize
@@ -41,6 +47,7 @@ from .newton_correction import (
     newton_correction,
     verify_speedup,
 )
+from .squarem import backtracked_alpha
 
 __all__ = ["MCEM", "AscentDecision", "AscentRule", "ascent_rule"]
 
@@ -74,7 +81,8 @@ class MCEM(Driver):
         draws, averaged over iterations), whose rate does not depend on the fraction of
         missing information; the stopping rule then also needs the step's estimated
         log-likelihood change below ``tol`` (unless the correction was held to at most
-        twice EM's move). How far it may outrun EM is adapted: each
+        twice EM's move) and the last correction to have been found not to pay. How far it
+        may outrun EM is adapted: each
         correction is judged by the next E-step's draws, which its step was not fitted to
         (:func:`~pyro_lvmle.em.newton_correction.verify_speedup`), so that where the
         likelihood is flat along some direction (PPCA's rotation) the M-step's Monte Carlo
@@ -84,6 +92,14 @@ class MCEM(Driver):
         which creeps at the fraction of missing information per iteration, and whose
         Q-increase is then small far from the maximum (see "When EM is slow").
     :param float max_speedup: the most the correction may outrun EM along any direction.
+    :param str acceleration: ``None`` or ``"squarem"``: instead of the Newton correction, after
+        every second M-step, SQUAREM's jump (Varadhan & Roland 2008,
+        :mod:`pyro_lvmle.em.squarem`) from the last three iterates, backtracked until the
+        importance estimate of its log-likelihood from the iteration's draws is not
+        significantly below the M-step's point (so the Monte Carlo estimate never says it
+        decreased). One process only. The jump's length comes from the second difference of
+        the iterates, which the M-steps' Monte Carlo noise dominates where EM's rate is near
+        one: there it rarely jumps (see "When EM is slow").
     :param dict kernel_options: further options of :class:`~pyro_lvmle.MCMCGradient`
         (``step_size``, ``num_steps``, ``target_accept``, ``adapt_mass``, ...).
     :param record_params: see :class:`~pyro_lvmle.em.Driver`.
@@ -97,8 +113,10 @@ class MCEM(Driver):
     standard error), ``num_samples`` (draws used, all chains), ``accept_prob``, ``ess``
     (effective sample size of :math:`\Delta\hat Q`'s terms), ``converged``; with ``newton``:
     ``newton_accepted``, ``fraction_missing`` (EM's rate along its slowest direction),
-    ``log_likelihood_change`` (importance estimate for the step) and ``speedup`` (the most
-    the correction could outrun EM).
+    ``log_likelihood_change`` (importance estimate for the step), ``speedup`` (the most
+    the correction could outrun EM) and ``correction_paid`` (these draws found the last
+    correction better than its M-step's point); with ``acceleration``: ``squarem_alpha``
+    (``-1``: no jump this step).
 
     References:
 
@@ -129,7 +147,8 @@ class MCEM(Driver):
                  burn_in: int = 0, thinning: int = 1, auto: bool = True, alpha: float = 0.25,
                  beta: float = 0.25, gamma: float = 0.05, tol: float = 1e-3,
                  max_num_samples: int = 100_000, newton: bool | None = None,
-                 max_speedup: float = 100.0, kernel_options: dict | None = None,
+                 max_speedup: float = 100.0, acceleration: str | None = None,
+                 kernel_options: dict | None = None,
                  record_params=True, ranks=None):
         super().__init__(model, record_params=record_params, ranks=ranks)
         if newton is not None and not isinstance(newton, bool):
@@ -138,6 +157,17 @@ class MCEM(Driver):
         if newton and self.ranks.distributed:
             raise ValueError("MCEM: the Newton correction is not data-parallel; use "
                              "newton=False with ranks")
+        if acceleration not in (None, "squarem"):
+            raise ValueError(f"MCEM: acceleration must be None or 'squarem', got "
+                             f"{acceleration!r}")
+        if acceleration and (newton or self.ranks.distributed):
+            raise ValueError("MCEM: acceleration='squarem' replaces the Newton correction and "
+                             "is not data-parallel; pass newton=False (or leave it None), "
+                             "without ranks")
+        if acceleration:
+            newton = False
+        self.acceleration = acceleration
+        self._anchors: list[torch.Tensor] = []  # SQUAREM: the iterates since its last jump
         self.max_speedup = check_positive("MCEM", "max_speedup", max_speedup)
         if self.max_speedup < 1:
             raise ValueError(f"MCEM: max_speedup must be >= 1, got {max_speedup!r}")
@@ -212,15 +242,18 @@ class MCEM(Driver):
         extra = {}
         if self.newton:
             extra = self._correct(params, start, potential, flat)
+        if self.acceleration:
+            extra = self._squarem(params, start, potential, flat, before)
         if self.auto:
             # with the correction, EM's own Q-increase is small far from the maximum when
-            # the fraction of missing information is large: the step's estimated
-            # log-likelihood change must be small too, unless the correction was held to
-            # at most twice EM's move (the next draws found it did not pay), where EM's
-            # own rule judges
-            self.converged = decision.converged and (
-                not self.newton or extra["speedup"] <= 2.0
-                or abs(extra["log_likelihood_change"]) < self.tol)
+            # the fraction of missing information is large, and so is a correction held to
+            # a few EM moves: these draws must also find that the last correction did not
+            # pay, and this one's estimated log-likelihood change must be small, unless it
+            # was held to at most twice EM's move (where EM's own rule judges)
+            self.converged = decision.converged and (not self.newton or (
+                not extra["correction_paid"] and (
+                    extra["speedup"] <= 2.0
+                    or abs(extra["log_likelihood_change"]) < self.tol)))
             self.num_samples = decision.next_num_samples
         return {"q_increase": increase, "q_increase_se": se, "ess": ess,
                 "num_samples": draws.shape[0] * draws.shape[1],
@@ -243,24 +276,55 @@ class MCEM(Driver):
             log_joints = potential.log_joint(flat)
             moments = louis_moments(log_joints, leaves)
         assign_flat(leaves, theta_em)
-        self._correction = verify_speedup(self._correction, log_joints.detach(), at_em,
-                                          self.max_speedup)
+        self._correction, paid = verify_speedup(self._correction, log_joints.detach(), at_em,
+                                                self.max_speedup)
         speedup = self._correction.speedup
         self._correction, extra = newton_correction(
             self._correction, leaves, theta_k, moments, 1.0,
             lambda: potential.log_joint(flat), log_joints.detach(),
             max_speedup=self.max_speedup)
-        return {**extra, "speedup": speedup}
+        return {**extra, "speedup": speedup, "correction_paid": bool(paid)}
+
+    def _squarem(self, params, start, potential, flat, before) -> dict:
+        """SQUAREM on MCEM's map: after every second M-step, the S3 jump from the last three
+        iterates, backtracked until the importance estimate from this E-step's draws says it
+        is not significantly below the M-step's point."""
+        leaves = list(params.values())
+        theta_k, theta_next = flatten(start.values()), flatten(leaves)
+        if not self._anchors or not torch.equal(self._anchors[-1], theta_k):
+            self._anchors = [theta_k]  # the first step
+        self._anchors.append(theta_next)
+        alpha = -1.0
+        if len(self._anchors) == 3:
+            with torch.no_grad():
+                at_em = potential.log_joint(flat)  # leaves at theta_2, this M-step's point
+            em_change = importance_log_ratio(before, at_em)[0]
+
+            def accept(point):
+                assign_flat(leaves, point)
+                with torch.no_grad():
+                    after = potential.log_joint(flat)
+                if not (torch.isfinite(after).all() and usable_weights(before, after)):
+                    return False
+                change, se = importance_log_ratio(before, after)
+                return change - em_change >= -2 * se
+
+            alpha = backtracked_alpha(*self._anchors, accept)
+            if alpha == -1.0:
+                assign_flat(leaves, theta_next)
+            self._anchors = [flatten(leaves)]
+        return {"squarem_alpha": alpha}
 
     def _extra_state(self) -> dict:
         state = {"num_samples": self.num_samples, "chains": self.sampler.state_dict(),
-                 "correction": self._correction._asdict()}
+                 "correction": self._correction._asdict(), "anchors": self._anchors}
         if self.m_step != "lbfgs":
             state["optim"] = self.m_step.get_state()
         return state
 
     def _load_extra_state(self, state: dict) -> None:
         self.num_samples = int(state["num_samples"])
+        self._anchors = list(state.get("anchors", []))
         self._correction = CorrectionState(**state["correction"])
         self.sampler.load_state_dict(state["chains"])
         if "optim" in state:

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["squarem_alpha", "squarem_point"]
+__all__ = ["MAX_BACKTRACKS", "backtracked_alpha", "squarem_alpha", "squarem_point"]
+
+#: backtracking halvings of :math:`\alpha - 1` before falling back to plain EM
+MAX_BACKTRACKS = 20
 
 
 def squarem_alpha(theta0: torch.Tensor, theta1: torch.Tensor, theta2: torch.Tensor) -> float:
@@ -76,3 +79,31 @@ def squarem_point(theta0: torch.Tensor, theta1: torch.Tensor, theta2: torch.Tens
     r = theta1 - theta0
     v = theta2 - 2 * theta1 + theta0
     return theta0 - 2 * alpha * r + alpha**2 * v
+
+
+def backtracked_alpha(theta0: torch.Tensor, theta1: torch.Tensor, theta2: torch.Tensor,
+                      accept) -> float:
+    r"""The S3 step length, backtracked :math:`\alpha \leftarrow (\alpha - 1)/2` until
+    ``accept(point)`` holds for :func:`squarem_point` at :math:`\alpha`; ``-1`` (plain EM,
+    :math:`\theta_2`) if it never does within :data:`MAX_BACKTRACKS` halvings.
+
+    :param torch.Tensor theta0: the start (flat).
+    :param torch.Tensor theta1: :math:`F(\theta_0)`.
+    :param torch.Tensor theta2: :math:`F(\theta_1)`.
+    :param accept: ``accept(point) -> bool``: the objective at ``point`` is not below that at
+        :math:`\theta_2` (exactly, or within its Monte Carlo error).
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.em.squarem import backtracked_alpha
+        >>> t = [torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([1.9])]
+        >>> backtracked_alpha(*t, lambda point: float(point) <= 6.0)   # -10, then -5.5
+        -5.5
+    """
+    alpha = squarem_alpha(theta0, theta1, theta2)
+    for _ in range(MAX_BACKTRACKS):
+        if alpha == -1.0 or accept(squarem_point(theta0, theta1, theta2, alpha)):
+            return alpha
+        alpha = (alpha - 1) / 2 if alpha < -1.01 else -1.0
+    return -1.0

@@ -45,7 +45,7 @@ import torch
 
 __all__ = ["LouisMoments", "NewtonStep", "TrustRegionStep", "importance_log_ratio",
            "assign_flat", "flatten", "louis_moments", "louis_terms", "newton_step",
-           "trust_region_step"]
+           "trust_region_step", "usable_weights"]
 
 
 class LouisMoments(NamedTuple):
@@ -264,6 +264,26 @@ def importance_log_ratio(before: torch.Tensor, after: torch.Tensor,
     return estimate, spread / math.sqrt(ess)
 
 
+def usable_weights(before: torch.Tensor, after: torch.Tensor, min_ess: float = 0.1) -> bool:
+    """Whether the importance weights :math:`p(x, z_j; \\theta') / p(x, z_j; \\theta)` of
+    draws from :math:`p(z \\mid x; \\theta)` can judge a move to :math:`\\theta'`: their
+    effective sample size is at least ``min_ess`` of the draws (the posterior did not move too
+    far for them).
+
+    Example::
+
+        >>> import torch
+        >>> from pyro_lvmle.gradients.newton import usable_weights
+        >>> usable_weights(torch.zeros(4), torch.tensor([0.0, 0.0, 0.0, -50.0]))  # ESS 3 of 4
+        True
+        >>> usable_weights(torch.zeros(4), torch.tensor([0.0, -50.0, -50.0, -50.0]), 0.5)
+        False
+    """
+    log_w = (after - before).detach()
+    weights = (log_w - log_w.max()).exp()
+    return float(weights.sum() ** 2 / (weights**2).sum()) >= min_ess * log_w.numel()
+
+
 class TrustRegionStep(NamedTuple):
     """The outcome of :func:`trust_region_step`.
 
@@ -327,11 +347,8 @@ def trust_region_step(gradient: torch.Tensor, complete: torch.Tensor, missing: t
         after = evaluate(step.step)
         if torch.isfinite(after).all():
             change, se = importance_log_ratio(before, after)
-            log_w = (after - before).detach()
-            weights = (log_w - log_w.max()).exp()
-            usable = float(weights.sum() ** 2 / (weights**2).sum()) >= min_ess * len(log_w)
             # not a significant decrease (two standard errors), judged by usable weights
-            if usable and change >= -2 * se:
+            if usable_weights(before, after, min_ess) and change >= -2 * se:
                 if step.truncated and change > 0:
                     radius = min(2 * radius, max_radius)
                 return TrustRegionStep(step, change, radius, True)

@@ -67,19 +67,21 @@ def test_verify_speedup_doubles_when_the_next_draws_find_the_correction_paid():
         return -0.5 * (z - theta) ** 2 - 0.5 * a * (theta - 1) ** 2
 
     state = CorrectionState(speedup=8.0, em_point=torch.tensor([0.5]))
-    paid = verify_speedup(state, log_joint(1.0, 8.0), log_joint(0.5, 8.0), 100.0)
-    assert paid.speedup == 16.0 and paid.em_point is None
+    new, paid = verify_speedup(state, log_joint(1.0, 8.0), log_joint(0.5, 8.0), 100.0)
+    assert paid and new.speedup == 16.0 and new.em_point is None
     # control: the M-step's point better than the corrected one
-    assert verify_speedup(state, log_joint(0.5, 8.0), log_joint(1.0, 8.0), 100.0).speedup == 4
+    assert verify_speedup(state, log_joint(0.5, 8.0), log_joint(1.0, 8.0), 100.0) == (
+        state._replace(speedup=4.0, em_point=None), False)
     assert verify_speedup(state._replace(speedup=80.0), log_joint(1.0, 8.0),
-                          log_joint(0.5, 8.0), 100.0).speedup == 100.0
+                          log_joint(0.5, 8.0), 100.0)[0].speedup == 100.0
     assert verify_speedup(state._replace(speedup=1.0), log_joint(0.5, 8.0),
-                          log_joint(1.0, 8.0), 100.0).speedup == 1.0
+                          log_joint(1.0, 8.0), 100.0)[0].speedup == 1.0
     # after an iteration that did not outrun EM, the next may try twice as far
-    assert verify_speedup(CorrectionState(speedup=1.0, count=3), log_joint(1.0, 0.0), None,
-                          100.0).speedup == 2.0
+    new, paid = verify_speedup(CorrectionState(speedup=1.0, count=3), log_joint(1.0, 0.0),
+                               None, 100.0)
+    assert new.speedup == 2.0 and paid is None
     # before the first correction there is nothing to judge
-    assert verify_speedup(CorrectionState(), log_joint(1.0, 0.0), None, 100.0).speedup == 4.0
+    assert verify_speedup(CorrectionState(), log_joint(1.0, 0.0), None, 100.0)[0].speedup == 4
 
 
 def test_damped_newton_gain_and_the_frozen_decreasing_steps_it_replaces():

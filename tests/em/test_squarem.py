@@ -1,6 +1,9 @@
 """SQUAREM: the pure extrapolation against a linear map's fixed point, and ExactEM with
 ``acceleration="squarem"`` on a mixture of two overlapping components, where plain EM
-creeps: the same optimum in fewer EM updates, the log-likelihood never decreasing."""
+creeps: the same optimum in fewer EM updates, the log-likelihood never decreasing; MCEM with
+``acceleration="squarem"`` on LinearGaussian against plain MCEM (integration)."""
+
+import warnings
 
 import pyro
 import pytest
@@ -72,3 +75,32 @@ def test_squarem_reaches_the_em_optimum_in_fewer_updates():
     plain_updates = len(plain_history)
     fast_updates = sum(fast_history["em_updates"])
     assert fast_updates < plain_updates / 3, (fast_updates, plain_updates)
+
+
+@pytest.mark.integration
+def test_mcem_squarem_outpaces_plain_mcem_and_never_loses_likelihood():
+    """MCEM's map on LinearGaussian with sigma = 3 (EM's rate 0.9), 100 data, 13 nats off:
+    with acceleration="squarem" it ends 20 iterations within 0.05 of the closed-form maximum
+    (measured 0.010), jumping (alpha < -2) several times, and its exact log-likelihood never
+    drops by more than Monte Carlo noise; plain MCEM (the control) is still 0.2 short."""
+    def run(**options):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = lv.models.LinearGaussian(dim=1, sigma=3.0, learn_sigma=False,
+                                         init_params={"w": torch.tensor([0.0])})
+        data = model.simulate(100, {"w": torch.tensor([2.0])})
+        best = model.log_marginal(data, model.mle(data)).item()
+        driver = lv.MCEM(model, num_chains=8, warmup_steps=100, **options)
+        gaps = []
+        with warnings.catch_warnings():  # a 20-step plain run is rightly called unconverged
+            warnings.simplefilter("ignore", lv.ConvergenceWarning)
+            driver.run(data, num_steps=20, progress=False, callback=lambda d, m: gaps.append(
+                best - model.log_marginal(data).item()))
+        return driver, gaps
+
+    squarem, gaps = run(acceleration="squarem")
+    assert gaps[-1] < 0.05, gaps
+    assert min(squarem.history["squarem_alpha"]) < -2
+    assert all(b < a + 0.05 for a, b in zip(gaps[:-1], gaps[1:], strict=True)), gaps
+    plain, plain_gaps = run(newton=False)
+    assert plain_gaps[-1] > 0.1, plain_gaps
