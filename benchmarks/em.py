@@ -123,7 +123,7 @@ GROWTH_WITHIN = 0.01
 GROWTH_METHODS = {
     "StochasticNewton (defaults)": (lambda m: lv.StochasticNewton(m), 150),
     "MCEM (defaults: verified Newton correction)": (lambda m: lv.MCEM(m), 40),
-    "MCEM (newton=False: plain MCEM)": (lambda m: lv.MCEM(m, newton=False), 40),
+    "MCEM (newton=False: plain MCEM)": (lambda m: lv.MCEM(m, newton=False), 15),
     "SAEM (defaults)": (lambda m: lv.SAEM(m), 500),
     "SAEM (former defaults: 4 chains, no Newton steps)":
         (lambda m: lv.SAEM(m, num_chains=4, newton=False), 300),
