@@ -82,11 +82,11 @@ class MCEM(Driver):
         missing information; the stopping rule then also needs the step's estimated
         log-likelihood change below ``tol`` (unless the correction was held to at most
         twice EM's move) and the last correction to have been found not to pay. How far it
-        may outrun EM is adapted: each
-        correction is judged by the next E-step's draws, which its step was not fitted to
-        (:func:`~pyro_lvmle.em.newton_correction.verify_speedup`), so that where the
-        likelihood is flat along some direction (PPCA's rotation) the M-step's Monte Carlo
-        noise is not multiplied. ``None`` (default): on in one process for models with at most
+        may outrun EM is adapted: each correction is judged by the next E-step's draws, which
+        its step was not fitted to (:func:`~pyro_lvmle.em.newton_correction.verify_speedup`),
+        so that where the likelihood is flat along some direction (PPCA's rotation) the
+        M-step's Monte Carlo noise is not multiplied. ``None`` (default): on in one process
+        for models with at most
         :data:`~pyro_lvmle.em.newton_correction.NEWTON_MAX_PARAMS` parameter entries (Louis'
         information costs a backward pass per entry), off otherwise. ``False``: plain MCEM,
         which creeps at the fraction of missing information per iteration, and whose
