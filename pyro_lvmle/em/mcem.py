@@ -81,7 +81,7 @@ class MCEM(Driver):
         draws, averaged over iterations), whose rate does not depend on the fraction of
         missing information; the stopping rule then also needs the step's estimated
         log-likelihood change below ``tol`` (unless the correction was held to at most
-        twice EM's move) and the last correction to have been found not to pay. How far it
+        twice EM's move), and not while the verified speedup still climbs. How far it
         may outrun EM is adapted: each correction is judged by the next E-step's draws, which
         its step was not fitted to (:func:`~pyro_lvmle.em.newton_correction.verify_speedup`),
         so that where the likelihood is flat along some direction (PPCA's rotation) the
@@ -114,9 +114,9 @@ class MCEM(Driver):
     (effective sample size of :math:`\Delta\hat Q`'s terms), ``converged``; with ``newton``:
     ``newton_accepted``, ``fraction_missing`` (EM's rate along its slowest direction),
     ``log_likelihood_change`` (importance estimate for the step), ``speedup`` (the most
-    the correction could outrun EM) and ``correction_paid`` (these draws found the last
-    correction better than its M-step's point); with ``acceleration``: ``squarem_alpha``
-    (``-1``: no jump this step).
+    the correction could outrun EM) and ``correction_gain`` (these draws' estimate of what
+    the last correction gained over its M-step's point, ``nan`` if there was none); with
+    ``acceleration``: ``squarem_alpha`` (``-1``: no jump this step).
 
     References:
 
@@ -239,19 +239,20 @@ class MCEM(Driver):
             potential, more, more_accept = self._draw(extra, args, kwargs)
             accept.append(more_accept)
             draws = torch.cat([draws, more], 1)
-        extra = {}
+        extra, paid = {}, False
         if self.newton:
-            extra = self._correct(params, start, potential, flat)
+            extra, paid = self._correct(params, start, potential, flat)
         if self.acceleration:
             extra = self._squarem(params, start, potential, flat, before)
         if self.auto:
             # with the correction, EM's own Q-increase is small far from the maximum when
             # the fraction of missing information is large, and so is a correction held to
-            # a few EM moves: these draws must also find that the last correction did not
-            # pay, and this one's estimated log-likelihood change must be small, unless it
-            # was held to at most twice EM's move (where EM's own rule judges)
+            # a few EM moves: while the verified speedup still climbs (these draws found the
+            # last correction paid, and its cap is not reached) the run goes on; and this
+            # correction's estimated change must be small, unless it was held to at most
+            # twice EM's move (where EM's own rule judges)
             self.converged = decision.converged and (not self.newton or (
-                not extra["correction_paid"] and (
+                not (paid and extra["speedup"] < self.max_speedup) and (
                     extra["speedup"] <= 2.0
                     or abs(extra["log_likelihood_change"]) < self.tol)))
             self.num_samples = decision.next_num_samples
@@ -261,7 +262,7 @@ class MCEM(Driver):
                 "converged": self.converged,
                 **extra}
 
-    def _correct(self, params, start, potential, flat) -> dict:
+    def _correct(self, params, start, potential, flat) -> tuple[dict, bool]:
         """Louis' Newton correction of the M-step (moments at the draws' parameters), after
         judging the last one with these draws."""
         leaves = list(params.values())
@@ -276,14 +277,14 @@ class MCEM(Driver):
             log_joints = potential.log_joint(flat)
             moments = louis_moments(log_joints, leaves)
         assign_flat(leaves, theta_em)
-        self._correction, paid = verify_speedup(self._correction, log_joints.detach(), at_em,
-                                                self.max_speedup)
+        self._correction, paid, gain = verify_speedup(
+            self._correction, log_joints.detach(), at_em, self.max_speedup)
         speedup = self._correction.speedup
         self._correction, extra = newton_correction(
             self._correction, leaves, theta_k, moments, 1.0,
             lambda: potential.log_joint(flat), log_joints.detach(),
             max_speedup=self.max_speedup)
-        return {**extra, "speedup": speedup, "correction_paid": bool(paid)}
+        return {**extra, "speedup": speedup, "correction_gain": gain}, paid
 
     def _squarem(self, params, start, potential, flat, before) -> dict:
         """SQUAREM on MCEM's map: after every second M-step, the S3 jump from the last three

@@ -175,7 +175,7 @@ def newton_correction(state: CorrectionState, leaves, theta_k: torch.Tensor, mom
 
 
 def verify_speedup(state: CorrectionState, before: torch.Tensor, at_em: torch.Tensor | None,
-                   max_speedup: float) -> tuple[CorrectionState, bool | None]:
+                   max_speedup: float) -> tuple[CorrectionState, bool, float]:
     r"""Judge the last correction with the new iteration's draws, and adapt the speedup.
 
     The correction's own check (:func:`~pyro_lvmle.gradients.newton.trust_region_step`)
@@ -195,8 +195,9 @@ def verify_speedup(state: CorrectionState, before: torch.Tensor, at_em: torch.Te
     :param torch.Tensor at_em: :math:`\log p(x, z_j; \theta^{EM}_{k-1})` at the same draws,
         or ``None`` if ``state.em_point`` is ``None``.
     :param float max_speedup: the largest speedup.
-    :returns: the new state, and whether the last correction paid (``None``: there was none
-        to judge).
+    :returns: the new state, whether the last correction paid, and the estimated
+        log-likelihood it gained over its M-step's point (``False`` and ``nan``: there was
+        none to judge).
 
     Example::
 
@@ -207,19 +208,19 @@ def verify_speedup(state: CorrectionState, before: torch.Tensor, at_em: torch.Te
         ...     return -0.5 * (z - theta) ** 2 - 5 * (theta - 1) ** 2
         >>> state = CorrectionState(speedup=8.0, em_point=torch.tensor([0.1]))
         >>> before, at_em = log_joint(1.0), log_joint(0.1)
-        >>> new, paid = verify_speedup(state, before, at_em, 100.0)  # the EM point is worse
-        >>> new.speedup, paid
-        (16.0, True)
+        >>> new, paid, gain = verify_speedup(state, before, at_em, 100.0)  # EM's point worse
+        >>> new.speedup, paid, abs(gain - 4.05) < 0.2      # by 5 (1 - 0.1)^2 = 4.05
+        (16.0, True, True)
         >>> verify_speedup(state, at_em, before, 100.0)[0].speedup   # it did not pay
         4.0
     """
     if state.em_point is None:  # nothing to judge; after the first correction, try further
         return (state if state.count == 0 else
-                state._replace(speedup=min(2.0 * state.speedup, max_speedup))), None
+                state._replace(speedup=min(2.0 * state.speedup, max_speedup))), False, math.nan
     change, se = importance_log_ratio(before, at_em)
     paid = math.isfinite(change) and change + se < 0.0
     speedup = min(2.0 * state.speedup, max_speedup) if paid else max(1.0, state.speedup / 2)
-    return state._replace(speedup=speedup, em_point=None), paid
+    return state._replace(speedup=speedup, em_point=None), paid, -change
 
 
 #: SAEM's damping: the burn-in's iterate counts as about ``DAMPING / (1 - mu)`` iterations

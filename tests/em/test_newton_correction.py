@@ -3,6 +3,8 @@ linear with rate sigma^2 / (1 + sigma^2), one corrected step from a start within
 region (0.8 complete-data standard deviations away) lands on the closed-form MLE within
 Monte Carlo error, where EM moves only a tenth of the way."""
 
+import math
+
 import pytest
 import torch
 
@@ -67,19 +69,20 @@ def test_verify_speedup_doubles_when_the_next_draws_find_the_correction_paid():
         return -0.5 * (z - theta) ** 2 - 0.5 * a * (theta - 1) ** 2
 
     state = CorrectionState(speedup=8.0, em_point=torch.tensor([0.5]))
-    new, paid = verify_speedup(state, log_joint(1.0, 8.0), log_joint(0.5, 8.0), 100.0)
+    new, paid, gain = verify_speedup(state, log_joint(1.0, 8.0), log_joint(0.5, 8.0), 100.0)
     assert paid and new.speedup == 16.0 and new.em_point is None
+    assert abs(gain - 1.0) < 0.1  # the exact gain: 8 (1 - 0.5)^2 / 2
     # control: the M-step's point better than the corrected one
-    assert verify_speedup(state, log_joint(0.5, 8.0), log_joint(1.0, 8.0), 100.0) == (
-        state._replace(speedup=4.0, em_point=None), False)
+    new, paid, gain = verify_speedup(state, log_joint(0.5, 8.0), log_joint(1.0, 8.0), 100.0)
+    assert new == state._replace(speedup=4.0, em_point=None) and not paid and gain < 0
     assert verify_speedup(state._replace(speedup=80.0), log_joint(1.0, 8.0),
                           log_joint(0.5, 8.0), 100.0)[0].speedup == 100.0
     assert verify_speedup(state._replace(speedup=1.0), log_joint(0.5, 8.0),
                           log_joint(1.0, 8.0), 100.0)[0].speedup == 1.0
     # after an iteration that did not outrun EM, the next may try twice as far
-    new, paid = verify_speedup(CorrectionState(speedup=1.0, count=3), log_joint(1.0, 0.0),
-                               None, 100.0)
-    assert new.speedup == 2.0 and paid is None
+    new, paid, gain = verify_speedup(CorrectionState(speedup=1.0, count=3),
+                                     log_joint(1.0, 0.0), None, 100.0)
+    assert new.speedup == 2.0 and not paid and math.isnan(gain)
     # before the first correction there is nothing to judge
     assert verify_speedup(CorrectionState(), log_joint(1.0, 0.0), None, 100.0)[0].speedup == 4
 
