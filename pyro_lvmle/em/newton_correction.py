@@ -56,7 +56,12 @@ NEWTON_MAX_PARAMS = 200
 
 def default_newton(leaves, ranks) -> bool:
     """What ``newton=None`` means for a driver: on in one process when the parameters have at
-    most :data:`NEWTON_MAX_PARAMS` entries (the moments are not reduced across ranks)."""
+    most :data:`NEWTON_MAX_PARAMS` entries (the moments are not reduced across ranks).
+
+    :param leaves: the model's parameters (unconstrained tensors).
+    :param ranks: the driver's :class:`~pyro_lvmle.em.ranks.OneProcess` or
+        :class:`~pyro_lvmle.em.ranks.RankSum`.
+    """
     return not ranks.distributed and sum(leaf.numel() for leaf in leaves) <= NEWTON_MAX_PARAMS
 
 

@@ -98,8 +98,9 @@ def backtracked_alpha(theta0: torch.Tensor, theta1: torch.Tensor, theta2: torch.
         >>> import torch
         >>> from pyro_lvmle.em.squarem import backtracked_alpha
         >>> t = [torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([1.9])]
-        >>> backtracked_alpha(*t, lambda point: float(point) <= 6.0)   # -10, then -5.5
-        -5.5
+        >>> # -10 and -5.5 overshoot 6 (points 10 and 7.975); -3.25 lands at 5.44
+        >>> round(backtracked_alpha(*t, lambda point: float(point) <= 6.0), 6)
+        -3.25
     """
     alpha = squarem_alpha(theta0, theta1, theta2)
     for _ in range(MAX_BACKTRACKS):

@@ -270,6 +270,10 @@ def usable_weights(before: torch.Tensor, after: torch.Tensor, min_ess: float = 0
     effective sample size is at least ``min_ess`` of the draws (the posterior did not move too
     far for them).
 
+    :param torch.Tensor before: :math:`\\log p(x, z_j; \\theta)`, ``(m,)``.
+    :param torch.Tensor after: :math:`\\log p(x, z_j; \\theta')`, ``(m,)``.
+    :param float min_ess: the smallest effective fraction of the draws.
+
     Example::
 
         >>> import torch
