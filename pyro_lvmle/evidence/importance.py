@@ -11,7 +11,11 @@ With draws :math:`z_s \sim q` from a guide (or the prior) and weights
 and where every site lives in a data plate (local latents) the weights factor over the data,
 :math:`w_s = \prod_n w_{s,n}`, so each datum gets its own estimate of :math:`p(x_n)` from the
 same draws, and :math:`\log p(x) = \sum_n \log p(x_n)`: far less variance than one weight
-for the whole batch. The draws come ``chunk_size`` at a time; what is kept between chunks is
+for the whole batch. That rests on the plate's promise of independence, checked first
+(:func:`~pyro_lvmle.traces.units.independent_units`: each datum's log density under the
+model must depend on its own latents only); where it fails, one weight is kept.
+
+The draws come ``chunk_size`` at a time; what is kept between chunks is
 per datum two running log-sum-exps (of :math:`w` and :math:`w^2`: the estimate, its
 delta-method standard error and the effective sample size
 :math:`(\sum_s w_s)^2 / \sum_s w_s^2`) and the largest :math:`M = \lceil\min(S/5, 3\sqrt S)
@@ -30,8 +34,8 @@ import torch
 from pyro.ops.stats import fit_generalized_pareto
 
 from .._checks import check_int
-from ..traces import Potential, PriorGuide, guess_max_plate_nesting, particle_terms
-from ..traces.local import independent_data
+from ..traces import PriorGuide, guess_max_plate_nesting, particle_terms
+from ..traces.units import independent_units
 from .estimate import Estimate
 
 __all__ = ["importance_log_marginal", "psis_k_hat"]
@@ -79,23 +83,6 @@ def psis_k_hat(top_log_weights: torch.Tensor, num_samples: int) -> float:
     # Pyro's fit builds its grid on the CPU
     k, _ = fit_generalized_pareto((largest.exp() - math.exp(cutoff)).cpu())
     return float(k)
-
-
-def _independent_units(model, args, kwargs, max_plate_nesting, plates) -> bool:
-    """Whether the data of the unit plates are independent given the parameters (each
-    datum's weight then a valid weight of its own), checked on the model's potential
-    (:func:`~pyro_lvmle.traces.local.independent_data`); taken as given where the check
-    cannot run (discrete latents, a model the potential cannot vectorize)."""
-    try:
-        potential = Potential(model, tuple(args), kwargs, max_plate_nesting=max_plate_nesting)
-    except (ValueError, NotImplementedError):
-        return True
-    if potential.vectorization != "plate" or potential.enumerated \
-            or potential.discrete_mask is not None:
-        return True
-    inside = [p for p in plates if all(p in {name for name, _, _ in site.subsampled}
-                                       for site in potential.sites)]
-    return all(independent_data(potential, plate) for plate in inside)
 
 
 def importance_log_marginal(model, args=(), kwargs=None, *, guide=None,
@@ -152,8 +139,8 @@ def importance_log_marginal(model, args=(), kwargs=None, *, guide=None,
                                  "the marginal likelihood needs every datum (drop "
                                  "subsample_size)")
             if done == 0:
-                per_datum = bool(terms.unit_plates) and _independent_units(
-                    model, args, kwargs, max_plate_nesting, terms.unit_plates)
+                per_datum = bool(terms.unit_plates) and independent_units(
+                    model, guide, tuple(args), kwargs, max_plate_nesting=max_plate_nesting)
             log_w = _log_weights(terms).detach()
             if not per_datum:  # one weight for the whole data set
                 log_w = log_w.sum(-1, keepdim=True)

@@ -10,6 +10,7 @@ once, so the three always agree.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import torch
@@ -18,6 +19,7 @@ from pyro.infer import ELBO
 from .._checks import check_int
 from ..traces import check_normalized, check_programs, guess_max_plate_nesting, particle_terms
 from ..traces.params import accumulate_grads, call_with_params
+from ..traces.units import independent_units
 
 __all__ = [
     "ParticleObjective",
@@ -61,6 +63,7 @@ class ParticleObjective(ELBO):
         self.nonfinite = nonfinite
         self._checked = None  # the last model/guide pair checked, see _terms
         self._normalized_model = None  # the last model found normalized, see _terms
+        self._independent = (None, None, True)  # (model, guide, units independent)
         self.diagnostics = {"skipped_steps": 0, "skipped_params": {}}
 
     def _terms(self, model, guide, args, kwargs, **options):
@@ -77,8 +80,31 @@ class ParticleObjective(ELBO):
             nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         if self.max_plate_nesting == math.inf:
             self.max_plate_nesting = nesting
-        return particle_terms(model, guide, args, kwargs, num_particles=self.num_particles,
-                              max_plate_nesting=self.max_plate_nesting, **options)
+        # per-unit weights rest on the units' independence, checked once per pair (one
+        # particle needs no split: its log-mean-exp is the log weight itself)
+        if self.num_particles > 1 and self._independent[:2] != (model, guide):
+            self._independent = (model, guide, independent_units(
+                model, guide, args, kwargs, max_plate_nesting=self.max_plate_nesting))
+            if not self._independent[2]:
+                warnings.warn(
+                    f"{type(self).__name__}: the model's log density of one element of a "
+                    "plate depends on the latent values of other elements (a plate promises "
+                    "it does not: a cumsum or a recurrence across the plate breaks it), so "
+                    "the bound takes one weight for the whole batch instead of one per "
+                    "element: still a valid bound, looser", UserWarning, stacklevel=3)
+        split = self.num_particles == 1 or self._independent[2]
+        terms = particle_terms(model, guide, args, kwargs, num_particles=self.num_particles,
+                               max_plate_nesting=self.max_plate_nesting, split_units=split,
+                               **options)
+        if not split and terms.subsampled_sites:
+            raise ValueError(
+                f"{type(self).__name__}: the log densities of one element of a plate depend "
+                "on the latent values of others (a plate promises they do not: a cumsum or "
+                "a recurrence across the plate's elements breaks it), so the multi-sample "
+                "bound takes one weight for the whole batch, which has no unbiased "
+                "mini-batch form; stop subsampling, write the dependent sites outside the "
+                "plate, or use an ELBO (TraceSTL_ELBO, or num_particles=1)")
+        return terms
 
     def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - Pyro's hook, unused
         raise NotImplementedError(f"{type(self).__name__} vectorizes particles itself")

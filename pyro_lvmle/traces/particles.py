@@ -221,7 +221,8 @@ def _check_log_densities(sites):
 
 
 def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_nesting: int,
-                   detach_values: bool = False, direct_log_q: bool = False) -> ParticleTerms:
+                   detach_values: bool = False, direct_log_q: bool = False,
+                   split_units: bool = True) -> ParticleTerms:
     """Run ``guide`` and ``model`` once for ``num_particles`` vectorized particles.
 
     :param model: a Pyro model.
@@ -236,6 +237,9 @@ def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_
     :param bool direct_log_q: also compute :attr:`ParticleTerms.log_q_direct`, by running the
         guide a second time against its own sample values, detached (and
         :attr:`ParticleTerms.log_p_direct` likewise when a parameter is shared).
+    :param bool split_units: one term per element of the plates every site lives in; with
+        ``False`` the whole batch is one unit (where the units are not independent: see
+        :func:`~pyro_lvmle.traces.units.independent_units`).
     :raises ValueError: where Pyro's ``Trace_ELBO`` raises on the pair (a plate or shape
         mismatch, a log density that cannot be computed, named by site), for a site marked
         for enumeration, and for NaN log densities (with validation on).
@@ -265,7 +269,7 @@ def particle_terms(model, guide, args, kwargs, *, num_particles: int, max_plate_
     guide_trace_pruned = prune_subsample_sites(guide_trace)
     model_sites = _sample_sites(model_trace, max_plate_nesting + 1)
     guide_sites = _sample_sites(guide_trace_pruned, max_plate_nesting + 1)
-    units = _unit_frames(model_sites + guide_sites)
+    units = _unit_frames(model_sites + guide_sites) if split_units else ()
     unit_scale = math.prod(
         (f.full_size if f.full_size is not None else f.size) / f.size for f in units
     )

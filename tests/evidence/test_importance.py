@@ -42,6 +42,31 @@ def test_planted_control_a_wrong_weight_is_detected(monkeypatch):
     assert not _within(estimate, exact)
 
 
+def two_level(x):
+    with pyro.plate("data", x.shape[0]):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        z = pyro.sample("z", dist.Normal(a, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+
+def sequential_guide(x):
+    """A guide whose draws for one datum read earlier draws of the others: each datum's
+    guide term is still a conditional density, so its weights still estimate p(x_n)."""
+    with pyro.plate("data", x.shape[0]):
+        a = pyro.sample("a", dist.Normal(0.0, 1.2))
+        pyro.sample("z", dist.Normal(0.3 * a.cumsum(-1) + 0.4 * x, 1.0))
+
+
+def test_a_guide_reading_other_data_s_draws_keeps_per_datum_weights():
+    x = torch.tensor([0.5, -1.2, 2.0, 0.1, 1.4])
+    exact = dist.Normal(0.0, 2.25 ** 0.5).log_prob(x)
+    estimate = importance_log_marginal(two_level, (x,), guide=sequential_guide,
+                                       num_samples=20_000, chunk_size=5000)
+    assert estimate.per_datum is not None and _within(estimate, float(exact.sum()))
+    stderr = estimate.diagnostics["stderr"]
+    assert ((estimate.per_datum - exact).abs() < 4 * stderr + 1e-3).all()
+
+
 def test_a_million_samples_in_bounded_chunks(monkeypatch):
     model = lv.models.LinearGaussian(dim=1)
     x = model.simulate(3)
