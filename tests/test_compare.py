@@ -1,9 +1,9 @@
 """The comparison harness: same start, one budget, evaluations outside the timed part."""
 
 import csv
+import importlib
 import itertools
 import math
-import time
 
 import matplotlib
 import pyro
@@ -15,6 +15,7 @@ from pyro.infer.autoguide import AutoNormal
 import pyro_lvmle as lv
 
 matplotlib.use("Agg")
+COMPARE_MODULE = importlib.import_module("pyro_lvmle.compare")  # lv.compare is the function
 
 
 def _setup():
@@ -68,11 +69,25 @@ def test_ranking_agrees_with_the_exact_log_likelihoods_and_files_reload(tmp_path
     assert loaded.records == comparison.records and loaded.table() == comparison.table()
 
 
-def test_evaluation_is_outside_the_timed_part_and_failures_are_recorded():
+class FakeClock:
+    """The harness's clock, advanced by hand: the tests assert what was counted, never how
+    long anything took."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self):
+        self.now += self.tick  # every reading: some time passes inside the step
+        return self.now
+
+
+def test_evaluation_is_outside_the_timed_part_and_failures_are_recorded(monkeypatch):
     model, x = _setup()
+    clock = FakeClock(tick=0.001)
+    monkeypatch.setattr(COMPARE_MODULE, "time", clock)
 
     def slow(data):
-        time.sleep(0.05)
+        clock.now += 100.0  # an evaluation that takes long
         return float(model.log_marginal(data).detach())
 
     def not_a_loss():
@@ -83,17 +98,19 @@ def test_evaluation_is_outside_the_timed_part_and_failures_are_recorded():
                             eval_every=1)
     rows = comparison.records["IWAE"]
     assert len(rows) == 7  # step 0 and every step
-    assert rows[-1]["seconds"] < 7 * 0.05  # seven sleeps were not counted
+    # six steps of one tick each; the seven evaluations' 700 s were not counted
+    assert rows[-1]["seconds"] == pytest.approx(6 * 0.001, rel=1e-9)
     assert "broken" in comparison.errors and "ELBO" in comparison.errors["broken"]
     assert "failed" in comparison.format()
 
 
-def test_a_wall_clock_budget_stops_each_method():
+def test_a_wall_clock_budget_stops_each_method(monkeypatch):
     model, x = _setup()
+    monkeypatch.setattr(COMPARE_MODULE, "time", FakeClock(tick=0.0625))
     comparison = lv.compare({"ELBO": Trace_ELBO()}, model, x, guide=AutoNormal(model),
-                            budget=0.3, eval_every=1000)
+                            budget=0.25, eval_every=1000)
     row = comparison.table()[0]
-    assert 0.3 <= row["seconds"] < 1.0 and row["steps"] > 1
+    assert row["steps"] == 4 and row["seconds"] == 0.25  # a step is one tick
     assert math.isfinite(row["final"])
     fig = comparison.plot()
     assert len(fig.axes) == 3
