@@ -28,16 +28,18 @@ import torch
 from .layout import check_positions
 from .particles import _is_subsample, _unit_frames
 from .plate import CHAIN_PLATE, _log_probs, _trace
+from .prior_guide import PriorGuide
+from .units import independent_units
 
-__all__ = ["LocalTarget", "independent_data", "local_plate"]
+__all__ = ["LocalTarget", "local_plate"]
 
 
 def local_plate(potential) -> str | None:
     """The plate that every sample site of ``potential`` lives in, at its full size, or
     ``None``: the potential is then not a sum of independent per-datum terms (a global
     latent or observation, a subsampled plate, enumerated or sampled discrete sites, the
-    vmap path, which hides the plates, or a model whose data depend on each other inside
-    the plate, which the gradients at two prior draws reveal).
+    vmap path, which hides the plates, or a model whose data depend on each other's latents
+    inside the plate: :func:`~pyro_lvmle.traces.units.independent_units` on prior draws).
 
     Where several plates hold every site, the largest is taken (the finest split).
 
@@ -69,45 +71,10 @@ def local_plate(potential) -> str | None:
     name = max(common, key=common.get)
     if any(name not in {plate for plate, _, _ in site.subsampled} for site in potential.sites):
         return None
-    return name if independent_data(potential, name) else None
-
-
-def independent_data(potential, plate: str) -> bool:
-    r"""Whether each datum's energy in ``plate`` depends on its own coordinates only, checked
-    at two prior draws: the gradient of :math:`\sum_n w_n U_n` for random weights must be
-    each row's :math:`w_n \nabla U_n`. A plate is a promise of conditional independence that
-    Pyro does not check; a model that breaks it (``eps.cumsum(-1)`` inside the plate, a
-    random walk) must keep one joint weight.
-
-    :param potential: a :class:`~pyro_lvmle.traces.Potential` every latent site of which
-        lies in ``plate``.
-    :param str plate: the plate's name.
-
-    Example::
-
-        >>> import pyro_lvmle as lv
-        >>> from pyro_lvmle.traces import Potential
-        >>> model = lv.models.LinearGaussian(dim=2)
-        >>> independent_data(Potential(model, (model.simulate(4),)), "data")
-        True
-    """
-    local = LocalTarget(potential, plate)
-    with torch.enable_grad():
-        rows = local.split(local.potential.sample_prior(2)).requires_grad_(True)
-        with pyro.validation_enabled(False):
-            energies = local.energies(local.join(rows)).reshape(-1)
-        if not energies.requires_grad:
-            return True
-        weights = torch.rand_like(energies) + 0.5
-        plain, weighted = (torch.autograd.grad((w * energies).sum(), rows, retain_graph=True,
-                                               allow_unused=True)[0]
-                           for w in (torch.ones_like(weights), weights))
-    if plain is None or weighted is None:
-        return True
-    if not (torch.isfinite(plain).all() and torch.isfinite(weighted).all()):
-        return False
-    return torch.allclose(weighted, weights.unsqueeze(-1) * plain, rtol=1e-6,
-                          atol=1e-8 * float(plain.abs().max().clamp(min=1.0)))
+    independent = independent_units(potential.model, PriorGuide(potential.model),
+                                    potential.args, potential.kwargs,
+                                    max_plate_nesting=potential.max_plate_nesting)
+    return name if independent else None
 
 
 class LocalTarget:
