@@ -175,8 +175,9 @@ def _contract_enumerated(trace, num_chains):
                             if f.vectorized)
         factors.setdefault(ordinal, []).append(site["packed"]["log_prob"])
     enum_dims = set(trace.symbol_to_dim) - set(trace.plate_to_symbol.values())
-    chain_symbol = trace.plate_to_symbol[CHAIN_PLATE]
-    total = contract_to_tensor(factors, enum_dims, target_ordinal=frozenset({chain_symbol}))
+    # one chain: packing drops the chain plate's size-1 dimension, so nothing is kept
+    target = frozenset({trace.plate_to_symbol[CHAIN_PLATE]}) if num_chains > 1 else frozenset()
+    total = contract_to_tensor(factors, enum_dims, target_ordinal=target)
     return total.reshape(-1).expand(num_chains)
 
 

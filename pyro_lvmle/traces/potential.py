@@ -104,6 +104,8 @@ class Potential:
         self.max_plate_nesting = max_plate_nesting
         with poutine.block():
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+        if uncondition:
+            _refuse_scales(trace)
         #: the indices of each plate's mini-batch, fixed for every evaluation
         self.subsample_indices = {name: site["value"] for name, site in trace.nodes.items()
                                   if site["type"] == "sample" and _is_subsample(site)}
@@ -396,3 +398,25 @@ class Potential:
                 site["scale"] = site["scale"] * beta
                 # beta = 0 ignores the site even where its density is 0 (0 * -inf = nan)
                 site["mask"] = beta > 0 if site["mask"] is None else site["mask"] & (beta > 0)
+
+
+def _refuse_scales(trace) -> None:
+    """Refuse a ``poutine.scale`` (beyond a subsampled plate's ``N/B``) on an undirected
+    model's sites: whether it weights the data's log-likelihood or tempers the density is
+    the user's to say."""
+    scaled = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or _is_subsample(site):
+            continue
+        scale = site["scale"] / subsample_factor(site)
+        if not bool((torch.as_tensor(scale) == 1).all()):
+            scaled.append(name)
+    if scaled:
+        raise ValueError(
+            f"sites {scaled} carry a poutine.scale other than a subsampled plate's N/B. On an "
+            "undirected model it could weight the data's log-likelihood (s log p(x): the "
+            "chains and log Z of the unscaled density) or temper the density (p~(x)^s, "
+            "another log Z), and the two give different gradients; say which: scale the loss "
+            "or the learning rate to weight the data, subsample with pyro.plate(..., "
+            "subsample_size=) for mini-batches, or multiply the pyro.factor by s to temper")
+

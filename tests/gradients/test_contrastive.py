@@ -263,6 +263,22 @@ def test_bad_input_is_refused_with_a_clear_message():
         lv.ContrastiveDivergence().loss(latent_model, None, torch.zeros(3))
 
 
+def test_a_poutine_scale_on_an_undirected_model_is_refused_and_a_subsampled_plate_is_not():
+    """s log p(x) (a data weight: chains on p~) or p~(x)^s (tempered: chains on p~^s) give
+    different gradients and log Z; the user says which."""
+    rbm, data = _rbm_setup()
+    for scale in (2.0, torch.full((len(data),), 0.5)):
+        scaled = pyro.poutine.scale(rbm.model, scale=scale)
+        with pytest.raises(ValueError, match=r"poutine.scale other than a subsampled"):
+            lv.ContrastiveDivergence(sampler="gibbs").loss(scaled, None, data)
+        with pytest.raises(ValueError, match=r"poutine.scale other than a subsampled"):
+            lv.log_partition(scaled, data[:1])
+    # a scale of one, and the plate's own N/B, are not a user's weight
+    lv.ContrastiveDivergence(sampler="gibbs").loss(pyro.poutine.scale(rbm.model, scale=1.0),
+                                                   None, data)
+    lv.ContrastiveDivergence(sampler="gibbs").loss(rbm.model, None, data, subsample_size=5)
+
+
 def _digits():
     load_digits = pytest.importorskip("sklearn.datasets").load_digits
     return torch.tensor(load_digits().data > 7, dtype=torch.get_default_dtype())
@@ -351,3 +367,6 @@ def test_hidden_units_written_as_sites_are_summed_out():
                                     sampler=BlockGibbs(hidden, visible))
     assert _z_scores(_cd_draws(loss, model, data, 30), exact).max() < 4
     assert loss.potential(model, (data,)).enumerated == ("h",)
+    # one chain (the default): packing drops the chain plate's size-1 dimension
+    one = lv.ContrastiveDivergence(num_steps=20, sampler=BlockGibbs(hidden, visible))
+    assert torch.isfinite(_cd_draws(one, model, data, 2)).all()

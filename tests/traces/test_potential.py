@@ -528,3 +528,24 @@ def gaussian_energy_model(data):
     with pyro.plate("data", data.shape[0]):
         x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), (2,)), obs=data)
         pyro.factor("energy", -((x - loc) ** 2).sum(-1) / 2)
+
+
+def test_one_chain_of_a_model_with_enumerated_sites_equals_the_first_of_two():
+    """Packing drops a size-1 chain plate, so the contraction keeps no plate (it raised a
+    KeyError deep inside Pyro's contraction before)."""
+    def mix(data):
+        loc = pyro.param("loc", torch.tensor([-1.0, 2.0]))
+        shift = pyro.sample("shift", pyro.distributions.Normal(0.0, 1.0))
+        with pyro.plate("data", data.shape[0]):
+            k = pyro.sample("k", pyro.distributions.Categorical(torch.tensor([0.3, 0.7])),
+                            infer={"enumerate": "parallel"})
+            pyro.sample("x", pyro.distributions.Normal(loc[k] + shift, 1.0), obs=data)
+
+    potential = Potential(mix, (torch.randn(6),))
+    q = potential.sample_prior(2)
+    assert potential.enumerated == ("k",)
+    assert torch.allclose(potential(q[:1]), potential(q)[:1], rtol=1e-12, atol=0)
+    assert torch.allclose(potential.log_joint(q[1:]), potential.log_joint(q)[1:], rtol=1e-12,
+                          atol=0)
+    gradient = lv.MCMCGradient(warmup_steps=5)  # the defaults: one chain
+    assert math.isfinite(gradient.loss_and_grads(mix, lv.empty_guide, torch.randn(6)))
