@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_callable, check_int
+from ..traces.normalization import check_normalized
 from ..traces.params import assign_params, program_params
 from .convergence import check_convergence
 from .history import History
@@ -173,6 +174,8 @@ class Driver:
         fresh = self._param_names is None
         checkpoint = None
         try:
+            if fresh:  # an undirected model's log p(x) misses log Z: no EM applies
+                check_normalized(self.model, args, kwargs, where=type(self).__name__)
             self._discover(args, kwargs)  # first step: the parameters exist from here on
             if fresh and self.iteration == 0:  # every rank starts from rank 0's parameters
                 self.ranks.broadcast(self.model_params(*args, **kwargs).values())

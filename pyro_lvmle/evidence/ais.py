@@ -55,11 +55,13 @@ class AISResult(NamedTuple):
     estimate: Estimate
 
 
-def check_betas(where: str, betas) -> torch.Tensor:
+def check_betas(where: str, betas, *, from_zero_to_one: bool = False) -> torch.Tensor:
     """``betas`` as a 1-D float64-compatible tensor of at least 2 finite values, monotone.
 
     :param str where: who checks, for the message.
     :param betas: the inverse temperatures (a sequence or tensor).
+    :param bool from_zero_to_one: also require the whole path, increasing from 0 to 1 (an
+        estimate of a normalizing constant; a partial path estimates a ratio of others).
     :raises ValueError: when fewer than 2, not finite, negative or not monotone.
 
     Example::
@@ -74,6 +76,10 @@ def check_betas(where: str, betas) -> torch.Tensor:
         raise ValueError(f"{where}: betas must be a 1-D monotone sequence of at least 2 "
                          f"finite non-negative values (e.g. torch.linspace(0, 1, 1001)), "
                          f"got {betas!r}")
+    if from_zero_to_one and (betas[0] != 0 or betas[-1] != 1 or (steps < 0).any()):
+        raise ValueError(f"{where}: betas must increase from 0 to 1 (the whole path from the "
+                         f"base to the target), got {float(betas[0]):.3g} ... "
+                         f"{float(betas[-1]):.3g}")
     return betas
 
 

@@ -27,7 +27,8 @@ __all__ = ["Estimate", "log_mean_exp"]
 class Estimate(NamedTuple):
     r"""An estimate of a log normalizing constant (:math:`\log p(x)`, :math:`\log Z`).
 
-    :ivar torch.Tensor value: the estimate (a scalar).
+    :ivar torch.Tensor value: the estimate (a scalar; with ``method="exact"`` differentiable
+        in the model's parameters).
     :ivar torch.Tensor stderr: its standard error (``0`` for an exact value).
     :ivar lower: a stochastic lower bound, where the method gives one (``None`` otherwise).
     :ivar upper: a stochastic upper bound, where the method gives one (``None`` otherwise).
@@ -45,8 +46,8 @@ class Estimate(NamedTuple):
     diagnostics: dict | None = None
 
     def __repr__(self) -> str:
-        return (f"Estimate({self.method}: {float(self.value):.4f} "
-                f"+/- {float(self.stderr):.4f})")
+        value, stderr = (float(torch.as_tensor(t).detach()) for t in (self.value, self.stderr))
+        return f"Estimate({self.method}: {value:.4f} +/- {stderr:.4f})"
 
 
 def log_mean_exp(log_weights: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,7 +42,13 @@ import torch
 
 from .._checks import check_int
 from ..samplers import BatchedKernel, hmc_step
-from ..traces import Potential, conditioned, guess_max_plate_nesting, simulate
+from ..traces import (
+    Potential,
+    check_normalized,
+    conditioned,
+    guess_max_plate_nesting,
+    simulate,
+)
 from ..traces.local import LocalTarget, local_plate
 from ..traces.params import enumerated_log_marginal, has_only_enumerable_latents
 from .ais import annealed_importance_sampling, check_betas
@@ -136,8 +142,12 @@ def log_marginal(model, *args, guide=None, method: str = "exact", num_samples: i
     if method not in METHODS:
         raise ValueError(f"log_marginal: method must be one of {list(METHODS)}, got {method!r}")
     where = f"log_marginal(method={method!r})"
+    if guide is not None and not callable(guide):
+        raise TypeError(f"{where}: guide must be a Pyro guide (a callable taking the model's "
+                        f"arguments) or None for the prior, got {guide!r}")
     if method == "exact":
         return _exact(model, args, kwargs, max_plate_nesting)
+    check_normalized(model, args, kwargs, where=where)
     num_samples = DEFAULT_SAMPLES[method] if num_samples is None else num_samples
     num_samples = check_int(where, "num_samples", num_samples, 2)
     if method == "is":
@@ -148,13 +158,14 @@ def log_marginal(model, *args, guide=None, method: str = "exact", num_samples: i
     check_int(where, "num_steps", num_steps, 1)
     if betas is None:
         betas = sigmoid_betas(check_int(where, "num_betas", num_betas, 2))
-    betas = check_betas(where, betas)
-    if betas[0] != 0 or betas[-1] != 1 or (betas.diff() < 0).any():
-        raise ValueError(f"{where}: betas must increase from 0 to 1, got {betas[0]:.3g} ... "
-                         f"{betas[-1]:.3g}")
+    betas = check_betas(where, betas, from_zero_to_one=True)
     settings = {"num_transitions": num_transitions, "num_steps": num_steps}
+    potential = Potential(model, args, kwargs, max_plate_nesting=max_plate_nesting)
+    if potential.subsampled_plates:
+        raise ValueError(f"{where}: the plates {sorted(potential.subsampled_plates)} are "
+                         "subsampled; the marginal likelihood needs every datum (drop "
+                         "subsample_size)")
     if method == "ais":
-        potential = Potential(model, args, kwargs, max_plate_nesting=max_plate_nesting)
         return _ais(potential, num_samples, betas, **settings)
     return _bdmc(model, args, kwargs, num_samples, betas, max_plate_nesting, **settings)
 
@@ -164,6 +175,7 @@ def _exact(model, args, kwargs, max_plate_nesting):
     if callable(closed_form):
         terms = closed_form(*args, per_datum=True)
         return Estimate(terms.sum(), terms.new_zeros(()), per_datum=terms, method="exact")
+    check_normalized(model, args, kwargs, where="log_marginal(method='exact')")
     from pyro.infer import config_enumerate
 
     enumerated = config_enumerate(model)

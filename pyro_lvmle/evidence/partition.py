@@ -35,7 +35,7 @@ from torch.distributions import Independent
 from .._checks import check_int
 from ..samplers import make_sampler
 from ..traces import Potential
-from .ais import annealed_importance_sampling
+from .ais import annealed_importance_sampling, check_betas
 from .estimate import Estimate
 
 __all__ = ["GeometricPath", "GeometricTarget", "MAX_ENUMERATED_CONFIGURATIONS", "log_partition"]
@@ -125,6 +125,7 @@ def log_partition(model, *args, method: str = "exact", base=None, num_chains: in
     num_chains = check_int(where, "num_chains", num_chains, 1)
     if betas is None:
         betas = torch.linspace(0, 1, check_int(where, "num_betas", num_betas, 2))
+    betas = check_betas(where, betas, from_zero_to_one=True)
     path = GeometricPath(potential, _bases(potential, base, where))
     if sampler is None:
         mask = potential.discrete_mask

@@ -116,7 +116,10 @@ def iwae_surrogate(terms, estimator: str):
         )
     check_unit_subsampling(terms, "TraceIWAE_ELBO")
     if terms.nonreparam_sites and terms.num_particles < 2:
-        raise ValueError("TraceIWAE_ELBO: VIMCO's baselines need num_particles >= 2")
+        raise ValueError(
+            f"TraceIWAE_ELBO: the guide's sites {list(terms.nonreparam_sites)} are not "
+            "reparameterized, and VIMCO's leave-one-out baselines for them need num_particles "
+            ">= 2; pass num_particles >= 2, or use Trace_ELBO or TraceSTL_ELBO for one particle")
     log_w = terms.log_weights
     bound = terms.unit_scale * renyi_bound(log_w, 0.0).sum()
     if estimator in ("reparam", "vimco"):

@@ -89,6 +89,12 @@ class TraceTVO_ELBO(ParticleObjective):
                 f"TraceTVO_ELBO: betas must start at 0, increase strictly and stay below 1, "
                 f"got {betas}"
             )
+        if self.num_particles < 2 and len(betas) > 1:
+            raise ValueError(
+                "TraceTVO_ELBO: the covariance gradient at betas > 0 needs num_particles >= 2 "
+                "(its centring leaves one particle out; with one its gradient is biased); pass "
+                "num_particles >= 2, or betas=[0.0] (the ELBO), or use Trace_ELBO or "
+                "TraceSTL_ELBO for one particle")
         self.betas = betas
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

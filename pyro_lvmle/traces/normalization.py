@@ -52,7 +52,8 @@ def _is_improper(fn) -> bool:
             return True
         inner = getattr(fn, "base_dist", None)
         if inner is None or not isinstance(fn, Independent | dist.MaskedDistribution |
-                                           dist.ExpandedDistribution):
+                                           dist.ExpandedDistribution |
+                                           torch.distributions.TransformedDistribution):
             return False
         fn = inner
 

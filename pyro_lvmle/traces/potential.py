@@ -109,6 +109,11 @@ class Potential:
         #: the indices of each plate's mini-batch, fixed for every evaluation
         self.subsample_indices = {name: site["value"] for name, site in trace.nodes.items()
                                   if site["type"] == "sample" and _is_subsample(site)}
+        #: the plates the model subsamples (a strict mini-batch), latent sites in them or not
+        self.subsampled_plates = frozenset(
+            frame.name for site in trace.nodes.values() if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if frame.full_size is not None and frame.full_size != frame.size)
         if self.subsample_indices:
             self.model = poutine.condition(model, data=self.subsample_indices)
         # the model whose draws start chains: the target's observed sites drawn too

@@ -95,6 +95,10 @@ def test_bad_input_is_refused():
         lv.log_partition(rbm.model, data[:3])  # 2^24 configurations
     with pytest.raises(ValueError, match="not observed sites"):
         lv.log_partition(rbm.model, data[:1], method="ais", base={"w": data})
+    # a partial path estimates a ratio of other constants (2.27 for [0, 0.5] against 4.85)
+    for betas in ([0.0, 0.5], [0.5, 1.0], [0.0, 0.4, 0.2, 1.0]):
+        with pytest.raises(ValueError, match="betas"):
+            lv.log_partition(rbm.model, data[:1], method="ais", betas=betas)
 
     def continuous(data):
         pyro.sample("x", dist.ImproperUniform(constraints.real, (), ()), obs=data)

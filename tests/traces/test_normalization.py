@@ -45,6 +45,46 @@ def test_our_objectives_and_mcmc_gradient_refuse_the_rbm():
             loss.loss(rbm.model, lv.PriorGuide(rbm.model), data)
 
 
+def enumerated_rbm(data):
+    """The RBM as users write it with its hidden units as enumerated sites: Pyro sums them
+    out, and the result is log p~(v), not log p(v)."""
+    weights = pyro.param("weights", torch.ones(4, 3))
+    with pyro.plate("data", data.shape[0]):
+        v = pyro.sample("v", dist.ImproperUniform(dist.constraints.boolean, (), (4,)), obs=data)
+        energy = 0.0
+        for j in range(3):
+            h = pyro.sample(f"h{j}", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+            energy = energy + h * (v @ weights)[..., j]
+        pyro.factor("energy", energy)
+
+
+def test_every_em_driver_and_log_marginal_method_refuses_an_undirected_model():
+    """ExactEM took one step to weights of 1e119 on it, and log_marginal(method='exact')
+    returned log p~ (+44 for ten binary vectors)."""
+    data = torch.bernoulli(0.5 * torch.ones(10, 4))
+    for driver in (lv.ExactEM(enumerated_rbm),
+                   lv.VariationalEM(enumerated_rbm, lv.PriorGuide(enumerated_rbm))):
+        with pytest.raises(ValueError, match=f"{type(driver).__name__}: .*improper density"):
+            driver.step(data)
+    for method in ("exact", "is", "ais", "bdmc"):
+        with pytest.raises(ValueError, match=r"log_marginal\(method=.*improper density"):
+            lv.log_marginal(enumerated_rbm, data, method=method, num_samples=10, num_betas=3)
+    rbm, rbm_data = _rbm()  # a closed form that includes log Z is exact
+    assert float(lv.log_marginal(rbm, rbm_data).value.detach()) < 0
+
+
+def test_an_improper_site_behind_a_transform_is_found():
+    def model(data):
+        flat = dist.ImproperUniform(dist.constraints.real, (), ())
+        with pyro.plate("data", data.shape[0]):
+            x = pyro.sample("x", dist.TransformedDistribution(
+                flat, [dist.transforms.ExpTransform()]), obs=data)
+            pyro.factor("f", -x)
+
+    with pytest.raises(ValueError, match=r"\['x'\].*improper density"):
+        lv.check_model(model, None, torch.ones(3))
+
+
 def test_control_pyros_elbo_gradient_on_the_rbm_is_silently_wrong():
     """What the guard is for: Trace_ELBO runs on the RBM and gives only the positive phase."""
     rbm, data = _rbm()
