@@ -113,7 +113,8 @@ def lay_out(candidates, enumerated, bounds_free: dict, max_plate_nesting: int,
         summed = ", ".join(repr(name) for name in enumerated)
         raise ValueError("the model has no latent sites to sample" + (
             f": {summed} {'is' if len(enumerated) == 1 else 'are'} discrete and summed out "
-            "by enumeration; pyro.infer.TraceEnum_ELBO fits such a model exactly"
+            "by enumeration; pyro.infer.TraceEnum_ELBO fits such a model exactly, and "
+            "log_marginal(method='exact') gives its log-likelihood"
             if enumerated else ""))
     return sites, encodings
 

@@ -106,6 +106,7 @@ class Potential:
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
         if uncondition:
             _refuse_scales(trace)
+            _check_observed_support(trace)
         #: the indices of each plate's mini-batch, fixed for every evaluation
         self.subsample_indices = {name: site["value"] for name, site in trace.nodes.items()
                                   if site["type"] == "sample" and _is_subsample(site)}
@@ -424,4 +425,18 @@ def _refuse_scales(trace) -> None:
             "another log Z), and the two give different gradients; say which: scale the loss "
             "or the learning rate to weight the data, subsample with pyro.plate(..., "
             "subsample_size=) for mini-batches, or multiply the pyro.factor by s to temper")
+
+
+def _check_observed_support(trace) -> None:
+    """Refuse observed values outside their site's support: an undirected model's chains
+    live on the support, so a positive phase outside it compares unlike things."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or _is_subsample(site):
+            continue
+        inside = site["fn"].support.check(site["value"])
+        if not bool(inside.all()):
+            raise ValueError(
+                f"site {name!r}: observed values lie outside its support "
+                f"({site['fn'].support}), where the negative phase's chains live; check the "
+                "data (binarize it for a boolean site, rescale it into an interval)")
 

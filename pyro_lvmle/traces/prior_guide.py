@@ -22,6 +22,8 @@ class PriorGuide:
     differentiated through reparameterized prior draws. The guide shares the model's
     parameters; every objective accounts for that (DReG splits their direct and path
     derivatives, reweighted wake-sleep gives them wake-theta alone), so any estimator works.
+    A site the model marks for enumeration (``infer={'enumerate': 'parallel'}``) is sampled
+    from its prior like the others: a guide samples its sites.
 
     :param model: the Pyro model whose prior to sample.
 
@@ -47,7 +49,12 @@ class PriorGuide:
 
     def __call__(self, *args, **kwargs):
         hidden = poutine.block(self.model, hide_fn=lambda msg: msg.get("is_observed", False))
-        return hidden(*args, **kwargs)
+        # a guide samples its sites: the model's marks to enumerate them are not the guide's
+        return poutine.infer_config(hidden, _sampled)(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"PriorGuide({self.model!r})"
+
+
+def _sampled(msg) -> dict:
+    return {"enumerate": None} if msg["type"] == "sample" else {}

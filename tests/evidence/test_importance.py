@@ -67,6 +67,22 @@ def test_a_guide_reading_other_data_s_draws_keeps_per_datum_weights():
     assert ((estimate.per_datum - exact).abs() < 4 * stderr + 1e-3).all()
 
 
+def test_the_prior_guide_samples_a_site_the_model_marks_for_enumeration():
+    """The prior guide used to keep the model's enumeration mark, and importance sampling
+    refused it as 'marked for enumeration in the guide' though the user passed no guide."""
+    def mixture(x):
+        loc = pyro.param("loc", torch.tensor([-1.0, 2.0]))
+        with pyro.plate("data", x.shape[0]):
+            k = pyro.sample("k", dist.Categorical(torch.tensor([0.3, 0.7])),
+                            infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(loc[k], 1.0), obs=x)
+
+    x = torch.tensor([0.2, -1.5, 2.4, 1.9, -0.7])
+    exact = float(lv.log_marginal(mixture, x).value.detach())
+    estimate = importance_log_marginal(mixture, (x,), num_samples=4000)
+    assert estimate.per_datum is not None and _within(estimate, exact)
+
+
 def test_a_million_samples_in_bounded_chunks(monkeypatch):
     model = lv.models.LinearGaussian(dim=1)
     x = model.simulate(3)

@@ -261,6 +261,10 @@ def test_bad_input_is_refused_with_a_clear_message():
 
     with pytest.raises(ValueError, match="latent sites"):
         lv.ContrastiveDivergence().loss(latent_model, None, torch.zeros(3))
+    # data outside the observed site's support: the chains live on {0, 1}
+    rbm, data = _rbm_setup()
+    with pytest.raises(ValueError, match="'v': observed values lie outside its support"):
+        lv.ContrastiveDivergence(sampler="gibbs").loss(rbm.model, None, 2 * data)
 
 
 def test_a_poutine_scale_on_an_undirected_model_is_refused_and_a_subsampled_plate_is_not():
