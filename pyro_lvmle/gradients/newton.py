@@ -205,6 +205,12 @@ def newton_step(gradient: torch.Tensor, complete: torch.Tensor, missing: torch.T
         >>> newton_step(g, complete, torch.tensor([[9.0]])).step   # EM would move 0.1
         tensor([1.])
     """
+    # in the widest dtype of the three (float32 parameters may meet float64 data's moments);
+    # the step comes back in the gradient's, the parameters' dtype
+    dtype = torch.promote_types(torch.promote_types(gradient.dtype, complete.dtype),
+                                missing.dtype)
+    out_dtype, gradient = gradient.dtype, gradient.to(dtype)
+    complete, missing = complete.to(dtype), missing.to(dtype)
     values, basis = torch.linalg.eigh(0.5 * (complete + complete.mT))
     top = float(values.abs().max()) if values.numel() else 0.0
     if not top > 0 or not math.isfinite(top):
@@ -229,7 +235,8 @@ def newton_step(gradient: torch.Tensor, complete: torch.Tensor, missing: torch.T
         white_step = white_step * (max_step / length)
     step = to_white @ white_step
     fraction = float(torch.linalg.eigvalsh(0.5 * (lost + lost.mT)).max())
-    return NewtonStep(gamma * step, decrement, fraction, int(clamped.sum()), bool(truncated))
+    return NewtonStep((gamma * step).to(out_dtype), decrement, fraction, int(clamped.sum()),
+                      bool(truncated))
 
 
 def importance_log_ratio(before: torch.Tensor, after: torch.Tensor,

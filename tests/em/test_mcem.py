@@ -82,3 +82,25 @@ def test_planted_control_plain_mcem_creeps_on_the_non_centered_form():
     model = lv.models.LogisticGrowth()
     gap = gap_after(lv.MCEM(model, newton=False), model, 12)
     assert gap > WITHIN, gap
+
+
+def test_float32_parameters_with_float64_data_keep_their_dtype():
+    """The default Newton correction moved float32 parameters with float64 moments (torch
+    raised a dtype mismatch); the parameters stay float32."""
+    torch.set_default_dtype(torch.float32)
+    try:
+        def model(x):
+            w = pyro.param("w", torch.tensor(0.8))
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+                pyro.sample("x", pyro.distributions.Normal(w * z, 0.7), obs=x)
+
+        x = torch.randn(30, dtype=torch.float64)
+        driver = lv.MCEM(model, "hmc", num_samples=10, num_chains=4, warmup_steps=30,
+                         auto=False)
+        driver.run(x, num_steps=3, progress=False)
+        assert pyro.param("w").dtype == torch.float32
+        assert "speedup" in driver.history.metric_names  # the correction ran
+    finally:
+        torch.set_default_dtype(torch.float64)
+

@@ -77,3 +77,18 @@ def test_importance_log_ratio_matches_the_normal_moment_generating_function():
     assert abs(estimate - c**2 / 2) < 4 * se
     # control: the mean log weight (the Monte Carlo Q-function's change) misses it
     assert abs(float((c * z).mean()) - c**2 / 2) > 4 * se
+
+
+def test_newton_step_in_mixed_dtypes_returns_the_gradient_s_dtype():
+    """float32 parameters meeting float64 data's moments (MCEM and SAEM with default-dtype
+    float32 parameters raised torch's 'expected m1 and m2 to have the same dtype')."""
+    torch.manual_seed(0)
+    root = torch.randn(3, 3)
+    complete = root @ root.T + 3 * torch.eye(3)
+    missing = 0.5 * complete
+    gradient = torch.randn(3)
+    exact = newton_step(gradient, complete, missing).step
+    mixed = newton_step(gradient.float(), complete, missing).step
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed.double(), exact, rtol=1e-6, atol=1e-6)
+
