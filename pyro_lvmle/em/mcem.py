@@ -38,6 +38,7 @@ from ..gradients.newton import (
     louis_moments,
     usable_weights,
 )
+from ..traces.plate import site_log_probs
 from .driver import Driver
 from .kernel_options import check_kernel_options
 from .m_step import check_m_step, load_optim_state, maximize
@@ -200,6 +201,7 @@ class MCEM(Driver):
         draws = self.sampler.draw(self.model, args, kwargs, num_samples)
         self.ranks.check_draws(draws.potential, "MCEM")
         if num_samples > 1 and bool((draws.positions == draws.positions[:, :1]).all()):
+            _refuse_nonfinite(draws.potential, draws.positions[:, -1])
             raise ValueError(
                 f"MCEM: the chains did not move in this E-step (acceptance rate "
                 f"{draws.diagnostics['accept_prob']:.3g}); the Monte Carlo Q-function would "
@@ -401,6 +403,19 @@ def ascent_rule(increase: float, se: float, size: int, num_samples: int,
         wanted = num_samples if variance == 0 else rule.max_num_samples
     return AscentDecision(bool(accept), bool(converged), max(1, math.ceil(size / 3)),
                           int(min(rule.max_num_samples, max(num_samples, wanted))))
+
+
+def _refuse_nonfinite(potential, position):
+    """Name the sites whose log density is not finite at the chains' states (NaN data, a
+    parameter at a boundary), where that is why the chains could not move."""
+    with torch.no_grad():
+        log_probs = site_log_probs(potential, position)
+    bad = [name for name, value in log_probs.items()
+           if torch.is_tensor(value) and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ValueError(
+            f"MCEM: the log density of sites {bad} is not finite at the chains' states, so no "
+            "move can be accepted; check the data for NaN or inf and the parameters' values")
 
 
 def _mean_log_joint(potential, flat, share=1.0):

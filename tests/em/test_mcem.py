@@ -104,3 +104,13 @@ def test_float32_parameters_with_float64_data_keep_their_dtype():
     finally:
         torch.set_default_dtype(torch.float64)
 
+
+
+def test_nan_data_is_named_instead_of_blaming_the_sampler():
+    """With a NaN observation every move is rejected; the message named the step size."""
+    model = lv.models.LinearGaussian(dim=1)
+    x = model.simulate(20)
+    x[3] = float("nan")
+    driver = lv.MCEM(model, "hmc", num_samples=10, num_chains=4, warmup_steps=20, auto=False)
+    with pytest.raises(ValueError, match=r"sites \['x'\] is not finite"):
+        driver.step(x)
