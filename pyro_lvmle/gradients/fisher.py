@@ -32,6 +32,7 @@ import torch
 from .._checks import check_int
 from ..samplers import chain_diagnostics, make_sampler
 from ..traces import Potential, check_normalized
+from ..traces.normalization import check_fixed_supports
 from ..traces.params import call_with_params
 from ..traces.particles import guess_max_plate_nesting
 from .chain_loss import ChainLoss
@@ -194,6 +195,7 @@ class MCMCGradient(ChainLoss):
                              "MCMCGradient per model")
         if self._model is None:  # an undirected model's posterior gradient would be wrong
             check_normalized(model, args, kwargs, where="MCMCGradient")
+            check_fixed_supports(model, args, kwargs, where="MCMCGradient")
         self._model = model
         if self.max_plate_nesting is None:
             self.max_plate_nesting = guess_max_plate_nesting(model, empty_guide, args, kwargs)

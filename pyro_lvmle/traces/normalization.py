@@ -7,6 +7,11 @@ density (:class:`~pyro.distributions.ImproperUniform`, log density 0) and
 normalized, and its gradient misses :math:`-\nabla_\theta \log Z(\theta)`, the negative phase
 (seed 001). Nothing in Pyro says so. :func:`check_model` does, and the package's own
 ELBO-based losses and :class:`~pyro_lvmle.MCMCGradient` refuse such a model.
+
+Fisher's identity, :math:`\nabla_\theta \log p(x) = \mathbb{E}_{p(z \mid x)}[\nabla_\theta
+\log p(x, z)]`, also needs the latents' support not to move with :math:`\theta` (a moving
+boundary adds a term the expectation does not hold): :func:`check_fixed_supports` refuses a
+latent site such as ``Uniform(0, theta)`` for the MCMC gradient.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import torch
 from torch.distributions import Independent
 
 from .params import _cuda_devices
-from .particles import _is_subsample
+from .particles import _DetachValues, _is_subsample
 
-__all__ = ["check_model", "check_normalized", "unnormalized_sites"]
+__all__ = ["check_fixed_supports", "check_model", "check_normalized", "unnormalized_sites"]
 
 _ADVICE = ("its density is unnormalized (an improper ImproperUniform observed site, "
            "pyro.factor supplying the log density), so log p(x) misses -log Z(theta) and an "
@@ -116,3 +121,57 @@ def check_model(model, guide=None, *args, **kwargs) -> None:
         ValueError: check_model: the model's observed sites ['v'] have an improper density: ...
     """
     check_normalized(model, args, kwargs, where="check_model")
+
+
+def check_fixed_supports(model, args=(), kwargs=None, *, where: str) -> None:
+    """Raise if a latent site's support depends on the model's parameters (a bound computed
+    from a ``pyro.param``), found on one run of the model with gradients recorded (the
+    latents' draws detached: a bound set by another latent is allowed), hidden from outer
+    handlers, torch's random number generators left as they were.
+
+    :param model: a Pyro model.
+    :param tuple args: its arguments.
+    :param dict kwargs: its keyword arguments.
+    :param str where: who checks, for the message.
+    :raises ValueError: naming the sites and how to reparameterize them.
+
+    Example::
+
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     upper = pyro.param("upper", torch.tensor(2.0))
+        ...     z = pyro.sample("z", dist.Uniform(0.0, upper))
+        ...     pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> check_fixed_supports(model, (torch.tensor(0.5),), where="example")
+        Traceback (most recent call last):
+        ...
+        ValueError: example: the support of latent sites ['z'] depends on the parameters ...
+    """
+    # latent values detached: a bound computed from another latent moves with it, not with
+    # the parameters, and Fisher's identity holds on the joint support
+    with torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
+        trace = poutine.trace(_DetachValues()(model)).get_trace(*args, **(kwargs or {}))
+    moving = [name for name, site in trace.nodes.items()
+              if site["type"] == "sample" and not site["is_observed"]
+              and not _is_subsample(site) and _tracks_gradient(site["fn"].support)]
+    if moving:
+        raise ValueError(
+            f"{where}: the support of latent sites {moving} depends on the parameters (a bound "
+            "computed from a pyro.param): Fisher's identity misses the moving boundary's term, "
+            "and the gradient would be silently wrong. Write the site on a fixed support and "
+            "transform it (z = upper * pyro.sample('u', Uniform(0, 1)) for Uniform(0, upper)), "
+            "or fit with an ELBO")
+
+
+def _tracks_gradient(constraint, depth: int = 0) -> bool:
+    """Whether a constraint holds a tensor that records gradients (nested constraints too)."""
+    if depth > 5:
+        return False
+    for value in vars(constraint).values():
+        if torch.is_tensor(value) and value.requires_grad:
+            return True
+        if isinstance(value, torch.distributions.constraints.Constraint) and \
+                _tracks_gradient(value, depth + 1):
+            return True
+    return False
+
