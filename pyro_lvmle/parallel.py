@@ -4,13 +4,19 @@ Every process (a *rank*) runs the same model on its own mini-batch, written as a
 :class:`~pyro.plate` over the **global** data set: ``pyro.plate("data", N, subsample=idx)``
 with ``idx`` this rank's global indices (:func:`shard`). Pyro then scales the plate's log
 densities by :math:`N / B_r`, so each rank's loss :math:`L_r` is an unbiased estimate of the
-full-data loss, and so is their mean; :class:`DataParallel` averages the gradients (and the
-reported loss) over ranks with one ``all_reduce``:
+full-data loss, and so is any mix of them with weights adding up to one.
+:class:`DataParallel` weights each rank by its share of the ranks' data, :math:`B_r / \sum_s
+B_s` (one ``all_reduce`` of the weighted gradients, the weighted loss and the weights):
 
 .. math::
 
-    \hat g = \frac{1}{R} \sum_{r=1}^{R} \nabla_\theta L_r(\theta),
-    \qquad \mathbb{E}[\hat g] = \nabla_\theta L(\theta).
+    \hat g = \sum_{r=1}^{R} \frac{B_r}{\sum_s B_s} \nabla_\theta L_r(\theta).
+
+With shards that partition the data (:func:`shard`, which gives sizes differing by one when
+:math:`R` does not divide :math:`N`) the weights are :math:`B_r / N` and :math:`\hat g` is
+the full-data gradient exactly; an equal mean over ranks would count the data of a smaller
+shard more (5 data on 2 ranks: the MLE of a mean moved from 4.0 to 5.0). With random
+mini-batches of equal size on every rank they are :math:`1 / R`.
 
 Every rank then takes the same optimizer step from the same parameters and stays in step.
 It wraps any loss: Pyro's own ELBOs, the package's objectives and
@@ -39,6 +45,7 @@ from .em.ranks import (
     world,
 )
 from .traces.params import call_with_params
+from .traces.plate import data_share
 
 __all__ = ["DataParallel", "RankFailure", "RankSum", "shard"]
 
@@ -74,8 +81,10 @@ class DataParallel(ELBO):
     r"""A loss whose gradient is averaged over the processes of a data-parallel run.
 
     :meth:`loss_and_grads` runs the wrapped loss on this rank's data, then replaces each
-    parameter's ``.grad`` by its mean over ranks (one ``all_reduce`` of all gradients
-    flattened together) and returns the mean loss; :meth:`loss` returns the mean loss. With
+    parameter's ``.grad`` by its mean over ranks weighted by their shares of the data (one
+    ``all_reduce`` of all gradients flattened together; the share from the model's
+    subsampled plate, :func:`~pyro_lvmle.traces.plate.data_share`) and returns the weighted
+    mean loss; :meth:`loss` returns the weighted mean loss. With
     :class:`pyro.infer.SVI` every rank then takes the same step. For the
     :class:`torch.nn.Module` route (``loss(model, guide)``, Lightning), wrap that module in
     :class:`torch.nn.parallel.DistributedDataParallel` instead: its forward is this rank's
@@ -113,14 +122,15 @@ class DataParallel(ELBO):
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """This step's loss averaged over ranks (no gradients)."""
-        value, error = None, None
+        value, share, error = None, None, None
         try:
             value = float(self.inner.loss(model, guide, *args, **kwargs))
+            share = data_share(model, args, kwargs)
         except Exception as caught:  # every rank must learn of it before the next collective
             error = caught
-        exchange_status(error, 0, self.group)
+        exchange_status(error, 2, self.group)  # the loss and the share
         return self._mean([torch.tensor([value], dtype=torch.float64,
-                                        device=collective_device(self.group))])[0].item()
+                                        device=collective_device(self.group))], share)[0].item()
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """This rank's differentiable loss (average it across ranks with DDP)."""
@@ -129,29 +139,33 @@ class DataParallel(ELBO):
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Run the wrapped loss's ``loss_and_grads`` on this rank's data, then average every
         touched parameter's ``.grad`` and the loss over ranks."""
-        value, params, error = None, {}, None
+        value, params, share, error = None, {}, None, None
         try:
             value, params = call_with_params(self.inner.loss_and_grads, model, guide, *args,
                                              **kwargs)
+            share = data_share(model, args, kwargs)
         except Exception as caught:
             error = caught
         names = sorted(params)  # every rank in the same order
         leaves = [params[name] for name in names]
         grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
                  for leaf in leaves]
-        exchange_status(error, sum(g.numel() for g in grads) + 1, self.group)
+        exchange_status(error, sum(g.numel() for g in grads) + 2, self.group)  # loss, share
         device = grads[0].device if grads else collective_device(self.group)
         loss_value = torch.tensor([float(value)], dtype=torch.float64, device=device)
-        averaged = self._mean([loss_value] + grads)
+        averaged = self._mean([loss_value] + grads, share)
         for leaf, grad in zip(leaves, averaged[1:], strict=True):
             if leaf.requires_grad:
                 leaf.grad = grad
         return averaged[0].item()
 
-    def _mean(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each tensor's mean over ranks, by one ``all_reduce`` of them flattened."""
-        _, world_size = world(self.group)
-        return [t / world_size for t in all_reduce_sum(tensors, self.group, exchange=False)]
+    def _mean(self, tensors: list[torch.Tensor], share: float) -> list[torch.Tensor]:
+        """Each tensor's mean over ranks weighted by the ranks' shares of the data, by one
+        ``all_reduce`` of the weighted tensors and the share, flattened together."""
+        weight = torch.tensor([share], dtype=torch.float64, device=tensors[0].device)
+        *sums, total = all_reduce_sum([t * share for t in tensors] + [weight], self.group,
+                                      exchange=False)
+        return [t / total.reshape(()).to(t.dtype) for t in sums]
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("DataParallel draws no traces itself; its wrapped loss does")

@@ -137,6 +137,34 @@ def test_deterministic_gradient_equals_the_single_process_one(tmp_path):
         assert torch.allclose(result["trace_elbo"], reference, atol=1e-10, rtol=0)
 
 
+def _unequal_shards(rank, world_size, num_data):
+    """The deterministic gradient on shards of unequal sizes, and this rank's own."""
+    x = data_set()[:num_data]
+    idx = shard(num_data)
+    pyro.clear_param_store()
+    own = _grads(Trace_ELBO(), empty_model, empty_guide, (x[idx], idx, num_data), 1)
+    pyro.clear_param_store()
+    mixed = _grads(DataParallel(Trace_ELBO()), empty_model, empty_guide,
+                   (x[idx], idx, num_data), 1)
+    return {"own": own, "mixed": mixed, "size": len(idx)}
+
+
+def test_shards_of_unequal_sizes_give_the_full_data_gradient(tmp_path):
+    """Five data on two ranks (3 and 2): an equal mean over ranks counted the smaller
+    shard's data more (a fit of a mean moved from the MLE 4.0 to 5.0)."""
+    num_data = NUM_DATA - 1 if NUM_DATA % 2 == 0 else NUM_DATA
+    results = launch(_unequal_shards, tmp_path, num_data)
+    assert sorted(r["size"] for r in results) == [num_data // 2, num_data // 2 + 1]
+    x = data_set()[:num_data]
+    reference = _grads(Trace_ELBO(), empty_model, empty_guide,
+                       (x, torch.arange(num_data), num_data), 1)
+    for result in results:
+        assert torch.allclose(result["mixed"], reference, atol=1e-10, rtol=0)
+    # control: the equal mean of the ranks' gradients is not the full-data gradient
+    equal = sum(r["own"] for r in results) / len(results)
+    assert (equal - reference).abs().max() > 0.01
+
+
 def test_each_objective_gradient_matches_full_data_in_expectation(tmp_path):
     names = sorted(LOSSES)
     num_draws = 200
