@@ -204,6 +204,8 @@ class Potential:
 
         :param int num_chains: how many positions.
         """
+        if not self.uncondition:  # as documented: prior draws moved into the support
+            return self.sample_prior(num_chains)
         if self.vectorization == "vmap":
             return _prior_draws(self, num_chains, self.model)
         return self._draw(self.model, num_chains)
