@@ -19,11 +19,15 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import config_enumerate
+from torch.distributions import biject_to
 
 from .._checks import check_int
 from ..traces import Potential
+from ..traces.params import enumerated_log_marginal, has_only_enumerable_latents
 from ..traces.particles import guess_max_plate_nesting
 from .fisher import MCMCGradient, empty_guide
 from .newton import louis_terms
@@ -104,6 +108,8 @@ class ObservedInformation(NamedTuple):
         Infinite where a batch's information is not positive definite; ``inf`` throughout
         without batches.
         """
+        if self.num_samples == 0:  # exact: every latent summed out
+            return self._unflatten(torch.zeros_like(self.matrix.diagonal()))
         if self.batch_matrices is None:
             return self._unflatten(torch.full_like(self.matrix.diagonal(), math.inf))
         rows = []
@@ -154,7 +160,9 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
     values in the param store (or the model's defaults).
 
     :param model: a Pyro model with ``pyro.param`` parameters and continuous (or
-        enumerable) latents.
+        enumerable) latents. Where every latent is discrete with finite support, the
+        information is exact: minus the Hessian of the enumerated log-likelihood (no draws;
+        ``num_samples`` 0, Monte Carlo errors 0).
     :param args: the model's arguments (the full data: no subsampling).
     :param dict samples: posterior draws, site name to ``(S, *site shape)`` constrained values,
         e.g. :attr:`MCMCGradient.samples`. Drawn here if ``None``.
@@ -186,7 +194,9 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
     check_int("observed_information", "num_batches", num_batches, low=1)
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, empty_guide, args, kwargs)
-    if samples is None:
+    enumerated = config_enumerate(model)
+    exact = has_only_enumerable_latents(enumerated, *args, **kwargs)
+    if samples is None and not exact:
         if not (isinstance(num_samples, int) and num_samples >= 2):
             raise ValueError(f"observed_information: num_samples must be an int >= 2, got "
                              f"{num_samples!r}")
@@ -201,6 +211,15 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
     values = {name: site["value"].detach() for name, site in capture.trace.nodes.items()}
     if not values:
         raise ValueError("observed_information: the model has no pyro.param parameters")
+    curved = [name for name, value in values.items() if _free_coordinates(name, value)
+              < value.numel()]
+    if curved:
+        raise ValueError(
+            f"observed_information: the parameters {curved} live on a constraint with fewer "
+            "free coordinates than entries (a simplex: its entries add up to one), so their "
+            "information, taken in the entries, is singular along the constraint whatever "
+            "the draws; write them with free coordinates (logits, normalized in the model) "
+            "and ask for those")
     layout, offset = {}, 0
     for name, value in values.items():
         layout[name] = (offset, tuple(value.shape))
@@ -211,6 +230,15 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
         return {name: flat[o:o + math.prod(shape)].reshape(shape)
                 for name, (o, shape) in layout.items()}
 
+    if exact:  # every latent summed out: minus the Hessian of the exact log-likelihood
+        def log_likelihood(flat):
+            return enumerated_log_marginal(poutine.substitute(enumerated, data=split(flat)),
+                                           *args, max_plate_nesting=max_plate_nesting,
+                                           **kwargs)
+
+        with torch.enable_grad():
+            matrix = -torch.autograd.functional.hessian(log_likelihood, theta.detach())
+        return ObservedInformation(matrix, matrix, torch.zeros_like(matrix), layout, 0)
     with torch.enable_grad():
         substituted = poutine.substitute(model, data=split(theta))
         potential = Potential(substituted, args, kwargs, max_plate_nesting=max_plate_nesting)
@@ -247,6 +275,18 @@ def observed_information(model, *args, samples: dict | None = None, num_samples:
                           - sizes[b] * completes[b]) / (num - sizes[b]))[0]
             for b in range(len(parts))])
     return ObservedInformation(matrix, complete, missing, layout, num, batch_matrices)
+
+
+def _free_coordinates(name, value) -> int:
+    """The free coordinates of a Pyro parameter: those of a bijection onto its constraint (a
+    simplex of K entries has K - 1); its entries where that is not known."""
+    constraint = getattr(pyro.get_param_store(), "_constraints", {}).get(name)
+    if constraint is None:
+        return value.numel()
+    try:
+        return math.prod(biject_to(constraint).inverse_shape(value.shape))
+    except (NotImplementedError, ValueError, TypeError):
+        return value.numel()
 
 
 def _information(grads, complete):

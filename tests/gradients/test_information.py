@@ -6,6 +6,7 @@ from S effectively independent draws is about sqrt(2 / S) * m / (1 - m) / 2 for 
 missing: 1.1% for w with S = 20000, which a 5% tolerance covers at over 4 standard errors.
 """
 
+import pyro
 import pytest
 import torch
 
@@ -136,3 +137,44 @@ def test_monte_carlo_errors_cover_the_logistic_growth_standard_errors():
         num_samples *= 4  # what draws_needed() and the error ask for when not reliable
     exact = exact_standard_errors(model, data, info.layout)
     assert_covered(info, exact)
+
+
+def enumerated_mixture(x):
+    loc = pyro.param("loc", torch.tensor([-1.0, 2.0]))
+    with pyro.plate("data", x.shape[0]):
+        c = pyro.sample("c", pyro.distributions.Categorical(torch.tensor([0.3, 0.7])),
+                        infer={"enumerate": "parallel"})
+        pyro.sample("x", pyro.distributions.Normal(loc[c], 1.0), obs=x)
+
+
+def test_a_model_whose_latents_are_all_summed_out_gets_the_exact_information():
+    """It was refused as 'no latent sites to sample'; its information is minus the Hessian
+    of the enumerated log-likelihood, exact."""
+    x = torch.tensor([-1.3, -0.2, 2.5, 1.7, 3.1, -0.8, 2.2])
+    info = lv.observed_information(enumerated_mixture, x)
+
+    def log_likelihood(loc):
+        weights = torch.tensor([0.3, 0.7]).log()
+        terms = weights + torch.distributions.Normal(loc, 1.0).log_prob(x.unsqueeze(-1))
+        return terms.logsumexp(-1).sum()
+
+    exact = -torch.autograd.functional.hessian(log_likelihood, torch.tensor([-1.0, 2.0]))
+    assert torch.allclose(info.matrix, exact, rtol=1e-10, atol=1e-12)
+    assert info.num_samples == 0
+    assert torch.equal(info.standard_errors_mc()["loc"], torch.zeros(2))
+
+
+def test_a_simplex_parameter_is_refused_by_name():
+    """A simplex's entries add up to one: the information in them is singular whatever the
+    draws (the message blamed the number of draws)."""
+    def model(x):
+        weights = pyro.param("weights", torch.tensor([0.4, 0.6]),
+                             constraint=pyro.distributions.constraints.simplex)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+            c = pyro.sample("c", pyro.distributions.Categorical(weights),
+                            infer={"enumerate": "parallel"})
+            pyro.sample("x", pyro.distributions.Normal(2.0 * c + z, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match=r"parameters \['weights'\] live on a constraint"):
+        lv.observed_information(model, torch.randn(5), samples={"z": torch.randn(10, 5)})
