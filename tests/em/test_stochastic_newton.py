@@ -41,11 +41,18 @@ def test_reaches_the_exact_maximum_however_the_model_is_written(centered):
 @pytest.mark.integration
 def test_planted_control_saem_with_the_old_fixed_burn_in_stays_short():
     """SAEM as it was (burn-in 100 iterations, then 1/k steps, 4 chains, no Newton steps):
-    on the non-centered form the decreasing steps freeze it short of the maximum (0.044 at
+    on the non-centered form the decreasing steps can freeze it short of the maximum. Whether
+    they do depends on the random stream, so the control takes the worst of three seeds (on
+    one machine 0.044 from seed 0; on another 0.0009, 0.0026 and 0.031 from seeds 0, 1, 2 at
     300 iterations)."""
-    model = lv.models.LogisticGrowth()
-    gap = gap_after(lv.SAEM(model, burn_in=100, num_chains=4, newton=False), model, 300)
-    assert gap > WITHIN, gap
+    gaps = []
+    for seed in range(3):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        model = lv.models.LogisticGrowth()
+        gaps.append(gap_after(lv.SAEM(model, burn_in=100, num_chains=4, newton=False), model,
+                              300))
+    assert max(gaps) > WITHIN, gaps
 
 
 def test_linear_gaussian_quickly():
