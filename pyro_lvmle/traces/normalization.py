@@ -23,8 +23,10 @@ from torch.distributions import Independent
 
 from .params import _cuda_devices
 from .particles import _DetachValues, _is_subsample
+from .plate import subsample_factor
 
-__all__ = ["check_fixed_supports", "check_model", "check_normalized", "unnormalized_sites"]
+__all__ = ["check_fixed_supports", "check_model", "check_normalized", "check_undirected_target",
+           "unnormalized_sites"]
 
 _ADVICE = ("its density is unnormalized (an improper ImproperUniform observed site, "
            "pyro.factor supplying the log density), so log p(x) misses -log Z(theta) and an "
@@ -175,3 +177,48 @@ def _tracks_gradient(constraint, depth: int = 0) -> bool:
             return True
     return False
 
+
+def check_undirected_target(trace) -> None:
+    """Refuse what makes an undirected model's negative phase ambiguous or wrong, on a trace
+    of the model: a user's ``poutine.scale`` and observed values outside their support.
+
+    :param trace: a trace of the model on its data.
+    :raises ValueError: naming the sites.
+    """
+    _refuse_scales(trace)
+    _check_observed_support(trace)
+
+
+def _refuse_scales(trace) -> None:
+    """Refuse a ``poutine.scale`` (beyond a subsampled plate's ``N/B``) on an undirected
+    model's sites: whether it weights the data's log-likelihood or tempers the density is
+    the user's to say."""
+    scaled = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or _is_subsample(site):
+            continue
+        scale = site["scale"] / subsample_factor(site)
+        if not bool((torch.as_tensor(scale) == 1).all()):
+            scaled.append(name)
+    if scaled:
+        raise ValueError(
+            f"sites {scaled} carry a poutine.scale other than a subsampled plate's N/B. On an "
+            "undirected model it could weight the data's log-likelihood (s log p(x): the "
+            "chains and log Z of the unscaled density) or temper the density (p~(x)^s, "
+            "another log Z), and the two give different gradients; say which: scale the loss "
+            "or the learning rate to weight the data, subsample with pyro.plate(..., "
+            "subsample_size=) for mini-batches, or multiply the pyro.factor by s to temper")
+
+
+def _check_observed_support(trace) -> None:
+    """Refuse observed values outside their site's support: an undirected model's chains
+    live on the support, so a positive phase outside it compares unlike things."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or _is_subsample(site):
+            continue
+        inside = site["fn"].support.check(site["value"])
+        if not bool(inside.all()):
+            raise ValueError(
+                f"site {name!r}: observed values lie outside its support "
+                f"({site['fn'].support}), where the negative phase's chains live; check the "
+                "data (binarize it for a boolean site, rescale it into an interval)")

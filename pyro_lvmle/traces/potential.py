@@ -30,6 +30,7 @@ import torch
 from .dependence import block_energy, dependencies, discrete_blocks, summed_out
 from .discrete import DiscreteBlock, into_support, mark_parallel
 from .layout import LatentSite, check_positions, is_target_site, lay_out
+from .normalization import check_undirected_target
 from .particles import _is_subsample, guess_max_plate_nesting
 from .plate import CHAIN_PLATE, log_joint_at_data, plate_energy, subsample_factor
 from .vmap import _prior_draws, _vmap_energy, choose_vectorization
@@ -105,8 +106,7 @@ class Potential:
         with poutine.block():
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
         if uncondition:
-            _refuse_scales(trace)
-            _check_observed_support(trace)
+            check_undirected_target(trace)
         #: the indices of each plate's mini-batch, fixed for every evaluation
         self.subsample_indices = {name: site["value"] for name, site in trace.nodes.items()
                                   if site["type"] == "sample" and _is_subsample(site)}
@@ -406,39 +406,4 @@ class Potential:
                 site["scale"] = site["scale"] * beta
                 # beta = 0 ignores the site even where its density is 0 (0 * -inf = nan)
                 site["mask"] = beta > 0 if site["mask"] is None else site["mask"] & (beta > 0)
-
-
-def _refuse_scales(trace) -> None:
-    """Refuse a ``poutine.scale`` (beyond a subsampled plate's ``N/B``) on an undirected
-    model's sites: whether it weights the data's log-likelihood or tempers the density is
-    the user's to say."""
-    scaled = []
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or _is_subsample(site):
-            continue
-        scale = site["scale"] / subsample_factor(site)
-        if not bool((torch.as_tensor(scale) == 1).all()):
-            scaled.append(name)
-    if scaled:
-        raise ValueError(
-            f"sites {scaled} carry a poutine.scale other than a subsampled plate's N/B. On an "
-            "undirected model it could weight the data's log-likelihood (s log p(x): the "
-            "chains and log Z of the unscaled density) or temper the density (p~(x)^s, "
-            "another log Z), and the two give different gradients; say which: scale the loss "
-            "or the learning rate to weight the data, subsample with pyro.plate(..., "
-            "subsample_size=) for mini-batches, or multiply the pyro.factor by s to temper")
-
-
-def _check_observed_support(trace) -> None:
-    """Refuse observed values outside their site's support: an undirected model's chains
-    live on the support, so a positive phase outside it compares unlike things."""
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or not site["is_observed"] or _is_subsample(site):
-            continue
-        inside = site["fn"].support.check(site["value"])
-        if not bool(inside.all()):
-            raise ValueError(
-                f"site {name!r}: observed values lie outside its support "
-                f"({site['fn'].support}), where the negative phase's chains live; check the "
-                "data (binarize it for a boolean site, rescale it into an interval)")
 
