@@ -18,6 +18,10 @@ from ..traces.params import accumulate_grads, call_with_params
 
 __all__ = ["ChainLoss"]
 
+#: the batched kernels' step-size tracking after warm-up in the losses whose target drifts
+#: with the parameters (:class:`~pyro_lvmle.samplers.BatchedKernel`'s ``track_rate``)
+TRACK_RATE = 0.02
+
 
 class ChainLoss(ELBO):
     """Base of the losses whose estimate comes from Markov chains kept between calls.

@@ -34,7 +34,7 @@ from .._checks import check_int
 from ..samplers import BlockGibbs, make_sampler, run_steps
 from ..traces import Potential
 from ..traces.particles import guess_max_plate_nesting
-from .chain_loss import ChainLoss
+from .chain_loss import TRACK_RATE, ChainLoss
 from .fisher import empty_guide
 
 __all__ = ["ContrastiveDivergence"]
@@ -88,7 +88,9 @@ class ContrastiveDivergence(ChainLoss):
         a subsampled plate or chains still to start run eagerly. Needs ``persistent=True`` and
         a ``BlockGibbs`` sampler.
     :param sampler_options: passed to :func:`~pyro_lvmle.samplers.make_sampler` for a named
-        sampler (``step_size``, ``adapt_step_size``, ...).
+        sampler (``step_size``, ``adapt_step_size``, ``track_rate``: 0.02 here, the step size
+        of ``"hmc"``/``"mala"``/``"ula"`` following the acceptance rate as the parameters
+        move, at a rate vanishing as :math:`1/\sqrt{t}`; ``0`` keeps ``step_size``).
 
     **Mini-batches.** Pass each batch as the model's data, or use a subsampled plate. With
     batches passed as data, PCD's chains are kept while the batch shape stays the same
@@ -160,10 +162,10 @@ class ContrastiveDivergence(ChainLoss):
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
         super().__init__(num_chains, num_chains, max_plate_nesting)
         self.persistent = bool(persistent)
-        self._options = sampler_options
+        self._options = {"track_rate": TRACK_RATE, **sampler_options}
         if not (sampler == "auto" and not sampler_options):
             try:  # bad settings are refused here, not at the first step
-                make_sampler("gibbs" if sampler == "auto" else sampler, **sampler_options)
+                make_sampler("gibbs" if sampler == "auto" else sampler, **self._options)
             except (ValueError, TypeError) as error:
                 raise type(error)(f"{where}: {error}") from None
         self.sampler = None if isinstance(sampler, str) else make_sampler(sampler)

@@ -35,7 +35,7 @@ from ..traces import Potential, check_normalized
 from ..traces.normalization import check_fixed_supports
 from ..traces.params import call_with_params
 from ..traces.particles import guess_max_plate_nesting
-from .chain_loss import ChainLoss
+from .chain_loss import TRACK_RATE, ChainLoss
 from .newton import assign_flat, flatten
 from .precondition import NewtonPreconditioner, PreconditionerState
 
@@ -98,7 +98,10 @@ class MCMCGradient(ChainLoss):
     :param sampler_options: the sampler's settings, as :func:`~pyro_lvmle.samplers.make_sampler`
         takes them: ``step_size``, ``num_steps`` (leapfrog steps of ``"hmc"``),
         ``target_accept``, ``adapt_mass``, ``shared_step_size``, ``discrete_step`` (``"mwg"``
-        or ``"gwg"``: how discrete latents that cannot be summed out are sampled).
+        or ``"gwg"``: how discrete latents that cannot be summed out are sampled),
+        ``track_rate`` (0.02 here: after warm-up the batched kernels' step size follows the
+        posterior as the parameters move, at a rate vanishing as :math:`1/\sqrt{t}`; ``0``
+        freezes it; see :class:`~pyro_lvmle.samplers.BatchedKernel`).
 
     **Mini-batches.** When latent sites live in a subsampled :class:`~pyro.plate`, every
     datum keeps its own chain state (position and mass, full size, indexed by the plate's
@@ -159,7 +162,9 @@ class MCMCGradient(ChainLoss):
                              "num_chains=16 or more")
         self.thinning = check_int(where, "thinning", thinning, 1)
         self.warmup_steps = check_int(where, "warmup_steps", warmup_steps, 0)
-        self._options = {"adapt_step_size": warmup_steps > 0, **sampler_options}
+        # the posterior drifts as the parameters move: the step size follows it after warm-up
+        self._options = {"adapt_step_size": warmup_steps > 0, "track_rate": TRACK_RATE,
+                         **sampler_options}
         super().__init__(num_chains, num_chains * num_samples, max_plate_nesting)
         self.kernel = kernel
         self.persistent = bool(persistent)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pyro_lvmle as lv
-from tests.common import assert_close
+from tests.common import assert_close, assert_within_stderr
 
 
 def fitted_linear_gaussian():
@@ -44,10 +44,15 @@ def test_standard_errors_from_exact_posterior_draws_match_the_analytic_ones():
 
 
 def test_standard_errors_from_the_chains_match_the_analytic_ones():
+    # within 4 of their Monte Carlo errors (jackknife over batches of whole chains), which
+    # are 1.3-2.6% of the standard errors here: a fixed 5% tolerance would be a 2-error test
     model, data = fitted_linear_gaussian()
     analytic = analytic_standard_errors(model, data)
-    for name, se in lv.standard_errors(model, data, num_samples=16000, num_chains=64).items():
-        assert_close(se, analytic[name], atol=0.0, rtol=0.05, what=name)
+    ses, errors = lv.standard_errors(model, data, num_samples=16000, num_chains=64,
+                                     return_mc_error=True)
+    for name, se in ses.items():
+        assert (errors[name] < 0.04 * analytic[name]).all(), (name, errors[name])
+        assert_within_stderr(se, analytic[name], errors[name], what=name)
 
 
 def test_planted_bug_complete_data_information_alone_fails():
