@@ -11,6 +11,7 @@ starts (``num_restarts``), keeping the best by the driver's own objective.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 
@@ -250,7 +251,10 @@ class Driver:
         from the parameters as they are and later ones from the model's initial values
         (parameters are deleted from Pyro's param store and created again), which differ only
         if the model draws them at random (:class:`~pyro_lvmle.models.GaussianMixture` does,
-        from the data; a warning says when two starts coincide).
+        from the data; a warning says when two starts coincide). Interrupted, restarts keep
+        what they completed: the driver is left at the best run so far (the interrupted one
+        included, at its last completed step), with every completed step in
+        :attr:`history`; ``run`` (without restarts) continues it.
 
         :param args: the model's arguments (data).
         :param int num_steps: the most steps to run (per restart).
@@ -326,13 +330,16 @@ class Driver:
         params = {n: leaves[n].detach().clone() for n in self._param_names or ()
                   if n in leaves}
         if self._pending is not None:
-            params = {**params, **self._pending}
+            params = {**params, **{n: v.clone() for n, v in self._pending.items()}}
         rng = rng_state()
         state = {"kind": STATE_KIND, "version": STATE_VERSION, "driver_class": type(self).__name__,
                  "iteration": self.iteration, "elapsed": self._elapsed,
                  "converged": self.converged, "best_restart": self.best_restart,
                  "param_names": list(self._param_names or ()),
-                 "params": params, "rng": rng, "driver": self._extra_state()}
+                 "params": params, "rng": rng,
+                 # a copy: a state kept in memory must not follow the run (optimizer moments
+                 # and chain flags are updated in place)
+                 "driver": copy.deepcopy(self._extra_state())}
         if with_history:
             state["history"] = self.history.to_dict()
         return state

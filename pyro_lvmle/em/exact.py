@@ -19,7 +19,7 @@ from .._checks import check_int, check_positive
 from ..gradients.newton import assign_flat, flatten
 from ..traces import EnumeratedPosterior, guess_max_plate_nesting
 from .driver import Driver
-from .m_step import check_m_step, load_optim_state, maximize
+from .m_step import check_m_step, load_optim_state, maximize, optim_state
 from .squarem import backtracked_alpha
 
 __all__ = ["ExactEM"]
@@ -169,7 +169,7 @@ class ExactEM(Driver):
     def _extra_state(self) -> dict:
         state = {"max_plate_nesting": self.max_plate_nesting}
         if isinstance(self.m_step, PyroOptim):
-            state["optim"] = self.m_step.get_state()
+            state["optim"] = optim_state(self.m_step)
         return state
 
     def _load_extra_state(self, state: dict) -> None:

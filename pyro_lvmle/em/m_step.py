@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -9,7 +10,7 @@ from pyro.optim import PyroOptim
 
 from .._checks import check_int
 
-__all__ = ["check_m_step", "load_optim_state", "maximize"]
+__all__ = ["check_m_step", "load_optim_state", "maximize", "optim_state"]
 
 
 def check_m_step(m_step, m_steps, where: str) -> None:
@@ -36,6 +37,17 @@ def load_optim_state(optim: PyroOptim, state: dict) -> None:
     optim.optim_objs.clear()
     optim.grad_clip.clear()
     optim.set_state(state)
+
+
+def optim_state(optim: PyroOptim) -> dict:
+    """A copy of a ``pyro.optim`` optimizer's state, with what was loaded into it and not yet
+    used: ``get_state()`` alone sees only the parameters stepped since :func:`load_optim_state`
+    (after a load, or after an interrupted step rolled back, it returned ``{}``, and a run
+    resumed from that checkpoint restarted Adam's moments).
+
+    :param optim: the optimizer.
+    """
+    return copy.deepcopy({**optim._state_waiting_to_be_consumed, **optim.get_state()})
 
 
 def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,

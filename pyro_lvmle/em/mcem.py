@@ -41,7 +41,7 @@ from ..gradients.newton import (
 from ..traces.plate import site_log_probs
 from .driver import Driver
 from .kernel_options import check_kernel_options
-from .m_step import check_m_step, load_optim_state, maximize
+from .m_step import check_m_step, load_optim_state, maximize, optim_state
 from .newton_correction import (
     CorrectionState,
     default_newton,
@@ -322,7 +322,7 @@ class MCEM(Driver):
         state = {"num_samples": self.num_samples, "chains": self.sampler.state_dict(),
                  "correction": self._correction._asdict(), "anchors": self._anchors}
         if self.m_step != "lbfgs":
-            state["optim"] = self.m_step.get_state()
+            state["optim"] = optim_state(self.m_step)
         return state
 
     def _load_extra_state(self, state: dict) -> None:

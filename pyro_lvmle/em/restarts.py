@@ -41,7 +41,10 @@ def run_restarts(driver, args, kwargs, num_steps, progress, callback, num_restar
     created again), or each from ``init_params(restart, *args, **kwargs)`` when given; a
     warning says when two starts coincide. The history holds every run, in order, with the
     metric ``restart`` on each record and ``restart_objective`` on each run's last;
-    ``driver.best_restart`` is the kept run.
+    ``driver.best_restart`` is the kept run. If a run raises (a ``KeyboardInterrupt``), it is
+    put back to its last completed step and competes with the runs before it (if it completed
+    a step); the driver is left at the best of them, with their records, and the error
+    propagates.
 
     :param driver: the :class:`~pyro_lvmle.em.Driver`.
     :param tuple args: the model's arguments.
@@ -92,20 +95,41 @@ def run_restarts(driver, args, kwargs, num_steps, progress, callback, num_restar
                           "values are not random): pass init_params to give each restart "
                           "its own start", UserWarning, stacklevel=3)
         starts.append(start)
-        driver._run(args, kwargs, num_steps, progress, callback, restart=restart)
-        objective = float(driver.restart_objective(*args, **kwargs))
-        if driver.history:
-            driver.history.update({"restart_objective": objective})
-        records.extend(driver.history)
-        if best is None or objective > best[0] or (math.isnan(best[0])
-                                                   and not math.isnan(objective)):
-            best = (objective, restart, clone_state(driver.state_dict(with_history=False)))
+        try:
+            driver._run(args, kwargs, num_steps, progress, callback, restart=restart)
+        except BaseException:
+            # an interrupted run (put back to its last completed step) still competes if it
+            # completed a step; the completed runs are kept, and the error propagates
+            if driver.history:
+                best = _score(driver, args, kwargs, restart, records, best)
+            _keep(driver, best, records)
+            raise
+        best = _score(driver, args, kwargs, restart, records, best)
+    _keep(driver, best, records)
+    return driver.history
+
+
+def _score(driver, args, kwargs, restart, records, best):
+    """Record the run that just ended in ``records`` with its objective; the better of it
+    and ``best``, as ``(objective, restart, state)``."""
+    objective = float(driver.restart_objective(*args, **kwargs))
+    if driver.history:
+        driver.history.update({"restart_objective": objective})
+    records.extend(driver.history)
+    if best is None or objective > best[0] or (math.isnan(best[0]) and not math.isnan(objective)):
+        best = (objective, restart, clone_state(driver.state_dict(with_history=False)))
+    return best
+
+
+def _keep(driver, best, records) -> None:
+    """Leave the driver at the end of the best run, with every run's records; a driver
+    interrupted before any run completed a step is left as it is."""
+    if best is None:
+        return
     _, kept, state = best
-    state["rng"] = rng_state()
-    driver._restore(state)
+    driver._restore({**state, "rng": rng_state()})
     driver.best_restart = kept
     driver.history = records
-    return driver.history
 
 
 def monte_carlo_objective(driver, args, kwargs) -> float:

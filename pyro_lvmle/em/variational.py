@@ -20,7 +20,7 @@ from pyro.optim import PyroOptim
 from .._checks import check_callable, check_int
 from ..traces.params import call_with_params, program_params
 from .driver import Driver
-from .m_step import load_optim_state
+from .m_step import load_optim_state, optim_state
 from .state import check_param_shapes
 
 __all__ = ["VariationalEM"]
@@ -179,9 +179,9 @@ class VariationalEM(Driver):
         self._apply_pending()  # those in the store now; the rest when the guide first runs
 
     def _extra_state(self) -> dict:
-        state = {"optim": self.optim.get_state()}
+        state = {"optim": optim_state(self.optim)}
         if self.m_optim is not self.optim:
-            state["m_optim"] = self.m_optim.get_state()
+            state["m_optim"] = optim_state(self.m_optim)
         return state
 
     def _load_extra_state(self, state: dict) -> None:

@@ -193,11 +193,12 @@ class ChainStore:
             self.visited[plate][self._indices(potential, plate)] = True
 
     def state_dict(self) -> dict:
-        """Tensors only (loadable with ``torch.load(weights_only=True)``)."""
+        """Tensors only (loadable with ``torch.load(weights_only=True)``), copied: the chains'
+        flags are updated in place, and a state kept in memory must not follow the run."""
         adaptation = None if self.adaptation is None else self.adaptation._asdict()
-        return {"position": dict(self.position), "inverse_mass": dict(self.inverse_mass),
-                "visited": dict(self.visited), "step_size": self.step_size,
-                "adaptation": adaptation}
+        return _copied({"position": self.position, "inverse_mass": self.inverse_mass,
+                        "visited": self.visited, "step_size": self.step_size,
+                        "adaptation": adaptation})
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s chains.
@@ -217,9 +218,10 @@ class ChainStore:
                              f"{self.num_chains} chains' tensors; the state was saved with "
                              "another num_chains or is corrupted")
         self.reset()
-        self.position = dict(state["position"])
-        self.inverse_mass = dict(state["inverse_mass"])
-        self.visited = dict(state["visited"])
+        state = _copied(state)  # the run must not write into the caller's tensors
+        self.position = state["position"]
+        self.inverse_mass = state["inverse_mass"]
+        self.visited = state["visited"]
         self.step_size = state["step_size"]
         self.adaptation = None if state["adaptation"] is None \
             else DualAveraging(**state["adaptation"])
@@ -235,6 +237,13 @@ class ChainStore:
             shape[axis] = -1
             seen = seen & self.visited[plate][self._indices(potential, plate)].reshape(shape)
         return seen
+
+
+def _copied(state):
+    """Nested dicts of tensors, every tensor cloned."""
+    if isinstance(state, dict):
+        return {key: _copied(value) for key, value in state.items()}
+    return state.clone() if torch.is_tensor(state) else state
 
 
 _STATE_KEYS = ("position", "inverse_mass", "visited", "step_size", "adaptation")

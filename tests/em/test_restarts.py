@@ -88,3 +88,31 @@ def test_restarts_with_init_params_and_on_a_driver_that_ran():
     assert em.history["restart"][-1] == 1.0 and em.best_restart in (0, 1)
     with pytest.raises(ValueError, match="num_restarts"):
         em.run(data, num_steps=2, num_restarts=2, progress=False)
+
+
+def test_an_interrupt_keeps_the_completed_runs():
+    # the history kept only the interrupted run's 2 steps and best_restart was None: the 8
+    # steps of the two completed runs were lost
+    model, data = _linear()
+    calls = []
+
+    def init_params(restart, x):
+        return {"w": torch.full((3,), float(restart) - 1.0)}
+
+    def interrupt(driver, metrics):
+        calls.append(1)
+        if len(calls) == 10:  # the interrupted run's second step
+            raise KeyboardInterrupt
+
+    driver = make("mcem", model)
+    with pytest.raises(KeyboardInterrupt):
+        driver.run(data, num_steps=4, num_restarts=3, init_params=init_params,
+                   progress=False, callback=interrupt)
+    history = driver.history
+    assert history["restart"][:8] == [0] * 4 + [1] * 4 and set(history["restart"][8:]) == {2}
+    finals = [v for v in history["restart_objective"] if v == v]
+    assert len(finals) == 3 and driver.best_restart == max(range(3), key=finals.__getitem__)
+    kept = [i for i, r in enumerate(history["restart"]) if r == driver.best_restart][-1]
+    assert torch.equal(history.params["w"][kept], pyro.param("w").detach())
+    driver.run(data, num_steps=1, progress=False)  # continues the kept run
+    assert driver.history.steps[-1] == history.steps[kept] + 1
