@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pyro
 import pyro.optim
@@ -67,8 +69,9 @@ def _rbm(num_data):
 
 
 #: the fewest simulated data each model's maximum-likelihood estimate needs (PPCA: variance
-#: left outside the latent_dim = 2 principal directions of the centred data)
-MIN_DATA = {"ppca": 4, "gmm": 2}
+#: left outside the latent_dim = 2 principal directions of the centred data; the mixture:
+#: more data than its 2 components)
+MIN_DATA = {"ppca": 4, "gmm": 3}
 
 #: name -> (build(num_data) -> (model, data), default number of data)
 MODELS: dict[str, tuple[Callable, int]] = {
@@ -248,7 +251,33 @@ def run_compare(args) -> int:
         print(f"maximum log-likelihood (closed-form MLE): {best:.4f}")
     paths = comparison.save(args.output)
     print(f"wrote {paths['table']}, {paths['png']} and the evaluations (CSV, JSON)")
+    interrupted = comparison.info.get("interrupted")
+    if interrupted is not None:
+        left = [name for name in methods if name != interrupted
+                and name not in comparison.records and name not in comparison.errors]
+        print(f"pyro-lvmle: interrupted during {interrupted!r}: the table holds what was "
+              f"recorded until then" + (f"; not run: {', '.join(left)}" if left else ""),
+              file=sys.stderr)
+        return 130
+    if not comparison.records:
+        print("pyro-lvmle: every method failed (see the table)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _writable_directory(path: str) -> str | None:
+    """Why the results cannot be written to directory ``path`` (``None`` if they can),
+    found before the methods run, not after: the directory is created now if missing."""
+    if not path:
+        return "give a directory"
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        return f"{path} exists and is not a directory"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create {path}: {error.strerror}"
+    return None if os.access(target, os.W_OK | os.X_OK) else f"{path} is not writable"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -264,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_data is not None and args.num_data < MIN_DATA.get(args.model, 1):
         parser.error(f"argument --num-data: the {args.model} model needs at least "
                      f"{MIN_DATA[args.model]} data, got {args.num_data}")
+    problem = _writable_directory(args.output)
+    if problem is not None:
+        parser.error(f"argument --output: {problem}")
     dtype, device = torch.get_default_dtype(), torch.get_default_device()
     torch.set_default_dtype(torch.float64)
     torch.set_default_device(args.device)

@@ -110,10 +110,30 @@ def _inner_evaluator(evaluate, model, args, kwargs):
         settings = dict(evaluate)
         return lambda: float(log_marginal(model, *args, **settings, **kwargs).value.detach())
     if callable(evaluate):
-        return lambda: float(evaluate(*args, **kwargs))
+        return lambda: _number(evaluate(*args, **kwargs))
     raise TypeError(f"compare: evaluate must be 'exact', a dict of log_marginal settings "
                     f"(e.g. {{'method': 'is', 'num_samples': 1000}}) or a callable "
                     f"evaluate(*args, **kwargs) -> float, got {evaluate!r}")
+
+
+def _number(value) -> float:
+    """What a user's ``evaluate`` returned, as one float."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) or (
+            torch.is_tensor(value) and value.numel() == 1)):
+        shape = f" of shape {tuple(value.shape)}" if torch.is_tensor(value) else ""
+        raise TypeError(f"evaluate must return one number (the fit's log p(x)), got "
+                        f"{type(value).__name__}{shape}; sum per-datum values")
+    return float(value)
+
+
+def _first_value(evaluation):
+    """The evaluation at the start, shared by every method's step 0: an ``evaluate`` that
+    fails there fails before any method runs, named as such (not as every method's error)."""
+    try:
+        return evaluation()
+    except Exception as error:
+        raise type(error)(f"compare: evaluate failed at the starting parameters, before any "
+                          f"method ran: {error}") from error
 
 
 def _fresh(guide):
@@ -140,6 +160,9 @@ def _stepper(method, model, guide, optim):
 
         return step
     loss, own_guide = method if isinstance(method, tuple) else (method, None)
+    if isinstance(loss, type):
+        raise TypeError(f"a method must be a loss instance, got the class {loss.__name__}: "
+                        f"pass {loss.__name__}()")
     if not isinstance(loss, ELBO) and not hasattr(loss, "loss_and_grads"):
         raise TypeError(f"a method must be a pyro.infer.ELBO (a loss), a (loss, guide) pair "
                         f"or a driver such as lv.MCEM, got {type(loss).__name__}")
@@ -223,14 +246,46 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
     if not isinstance(methods, dict) or not methods:
         raise TypeError(f"compare: methods must be a non-empty dict of name -> loss or "
                         f"driver, got {methods!r}")
+    unnamed = [name for name in methods if not isinstance(name, str)]
+    if unnamed:
+        raise TypeError(f"compare: the methods' names must be strings (they label the table, "
+                        f"the plot and the files), got {unnamed!r}")
     max_seconds, max_steps, max_evaluations = _budget(budget)
     eval_every = check_int("compare", "eval_every", eval_every, 1)
     seed = check_int("compare", "seed", seed, 0, 2**32 - 1)
     optim = pyro.optim.Adam({"lr": 0.05}) if optim is None else optim
+    if not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError(f"compare: optim must be a pyro.optim optimizer such as "
+                        f"pyro.optim.Adam({{'lr': 0.05}}), got {optim!r}")
     evaluation = _evaluator(evaluate, model, args, kwargs)
     names = list(program_params(model, *args, **kwargs))  # creates them at their start
     _warm_up()
     start = copy.deepcopy(pyro.get_param_store().get_state())
+    try:
+        records, errors, interrupted = _run_methods(
+            methods, model, args, kwargs, guide, optim, evaluation, names, start, seed,
+            eval_every, (max_seconds, max_steps, max_evaluations))
+    finally:  # whatever happened, the param store holds the starting values again
+        pyro.get_param_store().set_state(start)
+    info = {"budget": budget, "eval_every": eval_every, "seed": seed, "interrupted": interrupted,
+            "evaluation": evaluate if isinstance(evaluate, str) else
+            "log p(x)" if isinstance(evaluate, dict) else getattr(evaluate, "__name__",
+                                                                   "evaluation")}
+    if isinstance(evaluate, dict):
+        info["evaluation_settings"] = {k: v for k, v in evaluate.items()
+                                       if isinstance(v, (int, float, str))}
+    if isinstance(evaluate, str):
+        info["evaluation"] = "log p(x)"
+    return Comparison(records, errors, info)
+
+
+def _run_methods(methods, model, args, kwargs, guide, optim, evaluation, names, start, seed,
+                 eval_every, limits):
+    """Every method from ``start``: ``(records, errors, interrupted)``. A method's error of
+    any kind is recorded and the next method runs; an interruption ends the loop."""
+    max_seconds, max_steps, max_evaluations = limits
+    pyro.get_param_store().set_state(copy.deepcopy(start))
+    first = _first_value(evaluation)
     records, errors, interrupted = {}, {}, None
     for name, method in methods.items():
         pyro.get_param_store().set_state(copy.deepcopy(start))
@@ -240,7 +295,7 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
         try:
             run = _stepper(method, counted, guide, optim)
             rows.append({"step": 0, "seconds": 0.0, "model_evaluations": 0,
-                         "value": evaluation(), "params": _constrained_params(names)})
+                         "value": first, "params": _constrained_params(names)})
             while (elapsed < max_seconds and step < max_steps
                    and counted.calls < max_evaluations):
                 calls, tic = counted.calls, time.perf_counter()
@@ -260,8 +315,9 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
                     rows.append({"step": step, "seconds": elapsed,
                                  "model_evaluations": counted.calls, "value": evaluation(),
                                  "params": _constrained_params(names)})
-        except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
-            errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        except Exception as error:  # a method's fault of any kind; the others still run
+            message = str(error).splitlines()[0] if str(error) else repr(error)
+            errors[name] = f"{type(error).__name__}: {message}"
             continue
         except KeyboardInterrupt:  # keep what was recorded; the other methods do not run
             if rows:
@@ -269,14 +325,4 @@ def compare(methods: dict, model, *args, evaluate="exact", budget=10.0, eval_eve
             interrupted = name
             break
         records[name] = rows
-    pyro.get_param_store().set_state(start)
-    info = {"budget": budget, "eval_every": eval_every, "seed": seed, "interrupted": interrupted,
-            "evaluation": evaluate if isinstance(evaluate, str) else
-            "log p(x)" if isinstance(evaluate, dict) else getattr(evaluate, "__name__",
-                                                                   "evaluation")}
-    if isinstance(evaluate, dict):
-        info["evaluation_settings"] = {k: v for k, v in evaluate.items()
-                                       if isinstance(v, (int, float, str))}
-    if isinstance(evaluate, str):
-        info["evaluation"] = "log p(x)"
-    return Comparison(records, errors, info)
+    return records, errors, interrupted

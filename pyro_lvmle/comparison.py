@@ -32,6 +32,12 @@ class Comparison:
 
     def __init__(self, records: dict, errors: dict | None = None, info: dict | None = None):
         self.records = {name: list(rows) for name, rows in records.items()}
+        for name, rows in self.records.items():
+            if not rows or not all(isinstance(r, dict) and {"step", "seconds", "value"} <= set(r)
+                                   for r in rows):
+                raise ValueError(f"Comparison: the records of {name!r} must be a non-empty list "
+                                 "of dicts with 'step', 'seconds' and 'value' (a method that "
+                                 "recorded nothing belongs in errors)")
         self.errors = dict(errors or {})
         self.info = dict(info or {})
 
@@ -131,7 +137,8 @@ class Comparison:
         axes[1].set(xlabel="step", ylabel=label)
         if params:
             axes[2].set(xlabel="step", ylabel="parameters (first 4 coordinates)")
-        axes[0].legend(fontsize="small")
+        if self.records:  # no method recorded anything: nothing to label
+            axes[0].legend(fontsize="small")
         fig.tight_layout()
         return fig
 

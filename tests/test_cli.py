@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from pyro.infer import Trace_ELBO
 
 import pyro_lvmle
 from pyro_lvmle import cli
@@ -73,6 +74,10 @@ def test_rbm_runs_contrastive_divergence(capsys, tmp_path):
     (["--model", "nonexistent"], "invalid choice: 'nonexistent'"),
     (["--methods", "foo"], "--methods: must be a comma-separated list"),
     (["compare", "extra"], "unrecognized arguments: extra"),
+    # found after the whole comparison had run (a traceback, exit 1), or by the model
+    (["--output", __file__], "--output: " + __file__ + " exists and is not a directory"),
+    (["--output", ""], "--output: give a directory"),
+    (["--model", "gmm", "--num-data", "2"], "--num-data: the gmm model needs at least 3 data"),
 ])
 def test_every_argument_error_is_one_line(capsys, argv, expected):
     with pytest.raises(SystemExit) as exit_info:
@@ -98,3 +103,44 @@ def test_compare_runs_on_each_device(capsys, tmp_path, device):
     assert "failed" not in out
     with open(tmp_path / "comparison.csv") as file:
         assert len(list(csv.DictReader(file))) == 3
+
+
+class _Interrupting(Trace_ELBO):
+    """A loss whose second step is interrupted (Ctrl-C), or that fails at once."""
+
+    def __init__(self, error=KeyboardInterrupt):
+        super().__init__()
+        self.error, self.calls = error, 0
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 2 or self.error is not KeyboardInterrupt:
+            raise self.error()
+        return super().loss_and_grads(model, guide, *args, **kwargs)
+
+
+def _with_methods(monkeypatch, methods):
+    build = cli._methods
+
+    def patched(name, model, lr):
+        _, guide, fitted = build(name, model, lr)
+        return methods, guide, fitted
+
+    monkeypatch.setattr(cli, "_methods", patched)
+
+
+def test_an_interrupted_run_says_so_and_exits_130(capsys, tmp_path, monkeypatch):
+    # it printed a table that looked complete and exited 0
+    _with_methods(monkeypatch, {"a": ("A", Trace_ELBO()), "b": ("B", _Interrupting()),
+                                "c": ("C", Trace_ELBO())})
+    assert cli.main(["--max-steps", "3", "--num-data", "20", "--output", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted during 'B'" in err and "not run: C" in err
+    assert (tmp_path / "comparison.json").exists()
+
+
+def test_a_run_where_every_method_failed_exits_1(capsys, tmp_path, monkeypatch):
+    _with_methods(monkeypatch, {"a": ("A", _Interrupting(ZeroDivisionError))})
+    assert cli.main(["--max-steps", "3", "--num-data", "20", "--output", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "every method failed" in captured.err and "ZeroDivisionError" in captured.out

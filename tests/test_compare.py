@@ -184,3 +184,54 @@ def test_the_counted_model_stands_in_for_the_model():
     assert counted.calls == 0
     pyro.poutine.trace(counted).get_trace(x)
     assert counted.calls == 1
+
+
+class _Failing(Trace_ELBO):
+    """A loss whose third step raises ``error`` (a user's loss, or a bug in one)."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error, self.calls = error, 0
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 3:
+            raise self.error("boom")
+        return super().loss_and_grads(model, guide, *args, **kwargs)
+
+
+@pytest.mark.parametrize("error", [KeyError, AssertionError, ZeroDivisionError])
+def test_a_method_failing_with_any_error_is_recorded_and_the_others_run(error):
+    # only ValueError, TypeError, RuntimeError and NotImplementedError were caught: any other
+    # ended the comparison, lost the finished methods and left the failing one's parameters
+    model, x = _setup()
+    pyro.clear_param_store()
+    start = {k: v.detach().clone() for k, v in model.params().items()}
+    comparison = lv.compare({"before": Trace_ELBO(), "failing": _Failing(error),
+                             "after": Trace_ELBO()}, model, x, guide=AutoNormal(model),
+                            budget={"steps": 4})
+    assert list(comparison.records) == ["before", "after"]
+    assert comparison.errors["failing"].startswith(error.__name__)
+    assert all(torch.equal(v, start[k]) for k, v in model.params().items())
+
+
+def test_wrong_methods_evaluations_and_records_are_named():
+    model, x = _setup()
+    guide = lv.PriorGuide(model)
+    comparison = lv.compare({"a": Trace_ELBO}, model, x, guide=guide, budget={"steps": 1})
+    assert "pass Trace_ELBO()" in comparison.errors["a"]  # was: no attribute 'item'
+    with pytest.raises(TypeError, match="names must be strings"):
+        lv.compare({1: Trace_ELBO()}, model, x, guide=guide, budget={"steps": 1})
+    with pytest.raises(TypeError, match="optim must be a pyro.optim"):
+        lv.compare({"a": Trace_ELBO()}, model, x, guide=guide, optim=torch.optim.Adam)
+    # an evaluate that cannot work fails once, named, before any method runs (it was each
+    # method's error, blamed on the method)
+    for evaluate, match in [(lambda data: None, "must return one number"),
+                            (lambda data: torch.zeros(2), r"shape \(2,\)"),
+                            (lambda data: {}["x"], "evaluate failed at the starting")]:
+        with pytest.raises((TypeError, KeyError), match=match):
+            lv.compare({"a": Trace_ELBO()}, model, x, guide=guide, evaluate=evaluate,
+                       budget={"steps": 1})
+    with pytest.raises(ValueError, match="records of 'a' must be a non-empty list"):
+        lv.Comparison({"a": []})
+    pyro.clear_param_store()
