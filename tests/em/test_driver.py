@@ -30,7 +30,7 @@ def make(name, model):
     if name == "mcem_nuts":
         return lv.MCEM(model, "nuts", num_samples=4, num_chains=2, warmup_steps=20, m_steps=20)
     if name == "saem":
-        # 50 warm-up steps: with 20, MALA's step size is not adapted yet and the chains freeze
+        # 50 warm-up steps: MALA's step size well adapted before the first E-step
         return lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=50, m_steps=10)
     if name == "saem_auto":  # the automatic burn-in's trajectory is part of the state
         return lv.SAEM(model, "mala", num_chains=3, warmup_steps=50, m_steps=10,
@@ -205,17 +205,19 @@ def test_bad_input_is_named():
 
 
 def test_frozen_chains_warn_and_adapted_ones_do_not():
-    """SAEM whose MALA chains get too short a warm-up accepts nothing: a warning says so
-    (control: with a longer warm-up the same run is silent, warnings being errors)."""
+    """SAEM whose MALA chains keep a step size far too large (no warm-up) accepts nothing:
+    a warning says so (control: warmed up 20 steps, the same run is silent, warnings being
+    errors; before the warm-up kept a final window of 20 steps, these 20 froze the chains)."""
     model, data = _linear()
     pyro.set_rng_seed(1)
-    short = lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=20, m_steps=5)
+    frozen = lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=0, m_steps=5,
+                     kernel_options={"step_size": 20.0})
     with pytest.warns(UserWarning, match="did not move.*warmup_steps"):
-        short.run(data, num_steps=3, progress=False)
-    assert max(short.history["accept_prob"]) < 1e-3
+        frozen.run(data, num_steps=3, progress=False)
+    assert max(frozen.history["accept_prob"]) < 1e-3
     pyro.clear_param_store()
     pyro.set_rng_seed(1)
-    lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=50, m_steps=5).run(
+    lv.SAEM(model, "mala", burn_in=2, num_chains=3, warmup_steps=20, m_steps=5).run(
         data, num_steps=3, progress=False)
 
 
