@@ -163,6 +163,10 @@ class History:
             raise ValueError(f"History.plot: x must be 'step' or 'time', got {x!r}")
         if isinstance(metrics, str):
             metrics = [metrics]
+        if not (metrics is None or (isinstance(metrics, (list, tuple))
+                                    and all(isinstance(m, str) for m in metrics))):
+            raise TypeError(f"History.plot: metrics must be a metric's name or a list of "
+                            f"names, got {metrics!r}")
         names = self.metric_names if metrics is None else list(metrics)
         for name in names:
             if name not in self.metric_names:
@@ -176,6 +180,7 @@ class History:
             rows = math.ceil(panels / cols)
             fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
             axes = axes.ravel()
+        axes = _axes_list(axes, panels)
         fig = axes[0].figure
         xs = self.steps if x == "step" else self.time
         for ax, name in zip(axes, names, strict=False):
@@ -191,6 +196,21 @@ class History:
             ax.set_visible(False)
         fig.tight_layout()
         return fig
+
+
+def _axes_list(axes, panels: int) -> list:
+    """``axes`` (one matplotlib Axes, a sequence or an array of them, as ``plt.subplots``
+    returns) as a flat list of at least ``panels``."""
+    import numpy as np
+
+    flat = list(np.asarray(axes, dtype=object).ravel())
+    if not flat or not all(hasattr(ax, "plot") and hasattr(ax, "figure") for ax in flat):
+        raise TypeError(f"History.plot: axes must be matplotlib axes (one, a list, or the "
+                        f"array plt.subplots returns), got {type(axes).__name__}")
+    if len(flat) < panels:
+        raise ValueError(f"History.plot: {panels} panels to draw but {len(flat)} axes given; "
+                         f"pass {panels} axes, or fewer metrics (metrics=..., params=False)")
+    return flat
 
 
 def _number(value) -> float:

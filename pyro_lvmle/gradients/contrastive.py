@@ -82,8 +82,9 @@ class ContrastiveDivergence(ChainLoss):
         :class:`~pyro_lvmle.samplers.BlockGibbs` sweep and the model's run for both phases)
         into one graph with :func:`pyro.ops.jit.trace`, as Pyro's ``JitTrace_ELBO`` does: the
         Python of Pyro's handlers then runs once per data shape, not once per step. The model
-        and the conditionals must not branch on tensor values (the first call after tracing
-        runs them eagerly from the same random state and raises if the graph disagrees); the
+        and the conditionals must not branch on tensor values (a graph's first call, and its
+        first on other data, also run them eagerly from the same random state and raise if
+        the graph disagrees); tracing draws no random numbers of the run's stream; the
         arguments must be tensors of a fixed shape per graph (a new shape is traced anew), and
         a subsampled plate or chains still to start run eagerly. Needs ``persistent=True`` and
         a ``BlockGibbs`` sampler.
@@ -300,8 +301,9 @@ class ContrastiveDivergence(ChainLoss):
         (:func:`pyro.ops.jit.trace`: the parameters, the data and the chains' positions in,
         the log densities, new positions and acceptance out); ``None`` where it does not
         apply (chains to start, a subsampled plate, arguments other than tensors). The
-        first call after tracing also runs the model eagerly from the same random state and
-        refuses a graph that disagrees (a model or conditionals branching on values)."""
+        graph's first call, and its first call on other data than it was traced on, also
+        run the model eagerly from the same random state and refuse a graph that disagrees
+        (a model or conditionals branching on values)."""
         potential = self.potential(model, args, kwargs)
         key = _shape_key(args, kwargs)
         if (key is None or potential.batched_plates or not self.chains.ready(potential)
@@ -309,34 +311,49 @@ class ContrastiveDivergence(ChainLoss):
                 or any(torch.is_tensor(v) for v in kwargs.values())):
             return None
         like = self.chains.like(potential)
-        compiled, checked = self._compiled.get(key, (None, False))
+        # checks: 0 before the graph's first call, 1 once checked on the data it was traced
+        # on, 2 once checked on other data too (a model branching on the data's values is
+        # caught only there)
+        compiled, checks, traced = self._compiled.get(key, (None, 0, None))
+        devices = [like.position.device] if like.position.is_cuda else []
         if compiled is None:
+            traced = tuple(a.detach().clone() for a in args)
             compiled = pyro.ops.jit.trace(partial(_phases, self.sampler, self.num_steps,
                                                   potential), ignore_warnings=True)
-        check = not checked and bool(compiled.compiled)  # traced before: check these inputs
+            # traced off the random stream (tracing runs the step three times): a run
+            # resumed from a state_dict, which traces anew, draws what the uninterrupted
+            # run drew
+            with torch.random.fork_rng(devices=devices):
+                _call_traced(compiled, like.position, args, kwargs)
+        same_data = checks != 1 or all(torch.equal(a, b)
+                                       for a, b in zip(args, traced, strict=True))
+        check = checks == 0 or (checks == 1 and not same_data)
         if check:
-            devices = [like.position.device] if like.position.is_cuda else []
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 expected = _phases(self.sampler, self.num_steps, potential, like.position,
                                    *args, **kwargs)
-        with warnings.catch_warnings():  # torch >= 2.10 deprecates torch.jit.trace
-            warnings.filterwarnings("ignore", r"`torch\.jit\.trace` is deprecated",
-                                    DeprecationWarning)
-            out = compiled(like.position, *args, **kwargs)
+        out = _call_traced(compiled, like.position, args, kwargs)
         if check:
-            checked = all(torch.allclose(a.detach(), b, rtol=1e-9, atol=1e-9)
-                          for a, b in zip(out, expected, strict=True))
-            if not checked:
+            checks = 1 if same_data else 2
+            if not all(torch.allclose(a.detach(), b, rtol=1e-9, atol=1e-9)
+                       for a, b in zip(out, expected, strict=True)):
                 self._compiled = {}
                 raise ValueError(
                     "ContrastiveDivergence: the compiled step disagrees with the model run "
                     "eagerly from the same random state: the model or the sampler's "
                     "conditionals branch on tensor values, which a traced graph fixes; leave "
                     "jit_compile off for this model")
-        self._compiled = {key: (compiled, checked)}  # one data shape at a time
+        self._compiled = {key: (compiled, checks, traced)}  # one data shape at a time
         log_density, position, accept = out
         self.chains.save(potential, like._replace(position=position))
         return log_density, accept
+
+
+def _call_traced(compiled, position, args, kwargs):
+    with warnings.catch_warnings():  # torch >= 2.10 deprecates torch.jit.trace
+        warnings.filterwarnings("ignore", r"`torch\.jit\.trace` is deprecated",
+                                DeprecationWarning)
+        return compiled(position, *args, **kwargs)
 
 
 def _phases(sampler, num_steps, potential, position, *args, **kwargs):

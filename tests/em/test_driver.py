@@ -243,3 +243,26 @@ def test_history_plot_takes_one_metric_name():
     fig = history.plot("loss")  # before: read as the metrics 'l', 'o', 's', 's'
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["loss"]
     plt.close(fig)
+
+
+def test_history_plot_takes_the_axes_plt_subplots_returns_and_refuses_too_few():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = History()
+    history.append(1, 0.1, {"a": 2.0, "b": 1.0, "c": 0.0, "d": 3.0}, {})
+    fig, grid = plt.subplots(2, 2)  # an array: was "no attribute 'figure'"
+    assert history.plot(axes=grid) is fig
+    assert [ax.get_title() for ax in grid.ravel()] == ["a", "b", "c", "d"]
+    fig, one = plt.subplots()  # one Axes for one panel: was "not subscriptable"
+    history.plot("a", axes=one)
+    assert one.get_title() == "a"
+    with pytest.raises(ValueError, match="4 panels to draw but 1 axes"):  # drew 1, silently
+        history.plot(axes=[one])
+    with pytest.raises(TypeError, match="metrics must be"):
+        history.plot(metrics=3)
+    with pytest.raises(TypeError, match="axes must be matplotlib axes"):
+        history.plot(axes="left")
+    plt.close("all")

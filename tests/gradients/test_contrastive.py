@@ -241,6 +241,44 @@ def test_svi_step_and_state_dict_round_trip(tmp_path):
     assert torch.equal(other.chains.position["v"], loss.chains.position["v"])
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_run_resumed_from_its_state_continues_exactly(tmp_path, jit_compile):
+    # compiled, the resumed loss traced its graph on its first step, which ran the step three
+    # times on the random stream: every step after the resume differed
+    rbm, data = _rbm_setup()
+
+    def make():
+        loss = lv.ContrastiveDivergence(1, persistent=True, num_chains=4, sampler=BlockGibbs(
+            rbm.hidden_conditional, rbm.visible_conditional), jit_compile=jit_compile)
+        return loss, pyro.infer.SVI(rbm.model, lv.empty_guide, pyro.optim.SGD({"lr": 0.1}),
+                                    loss)
+
+    def leaves():
+        return {n: p.detach().clone() for n, p in pyro.get_param_store().named_parameters()}
+
+    def set_leaves(values):
+        with torch.no_grad():
+            for name, leaf in pyro.get_param_store().named_parameters():
+                leaf.copy_(values[name])
+
+    start = leaves()
+    pyro.set_rng_seed(0)
+    loss, svi = make()
+    uninterrupted = [svi.step(data) for _ in range(6)]
+    set_leaves(start)
+    pyro.set_rng_seed(0)
+    loss, svi = make()
+    first = [svi.step(data) for _ in range(3)]
+    torch.save({"loss": loss.state_dict(), "params": leaves(), "rng": torch.get_rng_state()},
+               tmp_path / "pcd.pt")
+    saved = torch.load(tmp_path / "pcd.pt", weights_only=True)
+    loss, svi = make()
+    loss.load_state_dict(saved["loss"])
+    set_leaves(saved["params"])
+    torch.set_rng_state(saved["rng"])
+    assert first + [svi.step(data) for _ in range(3)] == uninterrupted
+
+
 def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="num_steps"):
         lv.ContrastiveDivergence(num_steps=0)
