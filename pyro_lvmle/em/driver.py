@@ -11,7 +11,6 @@ starts (``num_restarts``), keeping the best by the driver's own objective.
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 
@@ -339,7 +338,7 @@ class Driver:
                  "params": params, "rng": rng,
                  # a copy: a state kept in memory must not follow the run (optimizer moments
                  # and chain flags are updated in place)
-                 "driver": copy.deepcopy(self._extra_state())}
+                 "driver": clone_state(self._extra_state())}
         if with_history:
             state["history"] = self.history.to_dict()
         return state

@@ -134,7 +134,7 @@ def annealed_importance_sampling(path, initial_position: torch.Tensor, betas, sa
     if getattr(sampler, "track_rate", 0.0):
         raise ValueError(f"{where}: the sampler adapts its step size in every step "
                          "(track_rate > 0), which biases the weights; build it with "
-                         "adapt_step_size=False and give step_sizes")
+                         "track_rate=0 or adapt_step_size=False and give step_sizes")
     if step_sizes is not None:
         step_sizes = torch.as_tensor(step_sizes).to(initial_position)
         if step_sizes.shape != betas.shape or not (step_sizes > 0).all():

@@ -91,7 +91,7 @@ class ContrastiveDivergence(ChainLoss):
     :param sampler_options: passed to :func:`~pyro_lvmle.samplers.make_sampler` for a named
         sampler (``step_size``, ``adapt_step_size``, ``track_rate``: 0.02 here, the step size
         of ``"hmc"``/``"mala"``/``"ula"`` following the acceptance rate as the parameters
-        move, at a rate vanishing as :math:`1/\sqrt{t}`; ``0`` keeps ``step_size``).
+        move, on the acceptance averaged over the chains; ``0`` keeps ``step_size``).
 
     **Mini-batches.** Pass each batch as the model's data, or use a subsampled plate. With
     batches passed as data, PCD's chains are kept while the batch shape stays the same

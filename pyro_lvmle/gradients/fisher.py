@@ -100,7 +100,7 @@ class MCMCGradient(ChainLoss):
         ``target_accept``, ``adapt_mass``, ``shared_step_size``, ``discrete_step`` (``"mwg"``
         or ``"gwg"``: how discrete latents that cannot be summed out are sampled),
         ``track_rate`` (0.02 here: after warm-up the batched kernels' step size follows the
-        posterior as the parameters move, at a rate vanishing as :math:`1/\sqrt{t}`; ``0``
+        posterior as the parameters move, on the acceptance averaged over the chains; ``0``
         freezes it; see :class:`~pyro_lvmle.samplers.BatchedKernel`).
 
     **Mini-batches.** When latent sites live in a subsampled :class:`~pyro.plate`, every

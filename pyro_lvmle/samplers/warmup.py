@@ -44,8 +44,8 @@ def warmup_windows(num_steps: int) -> list[tuple[int, int]]:
     Example::
 
         >>> from pyro_lvmle.samplers import warmup_windows
-        >>> warmup_windows(100), warmup_windows(20)
-        ([(15, 40), (40, 80)], [(3, 10)])
+        >>> warmup_windows(200), warmup_windows(20)
+        ([(30, 55), (55, 180)], [(3, 10)])
     """
     fast_end = max(int(0.1 * num_steps), min(20, num_steps // 2), 1)
     start, end = int(0.15 * num_steps), num_steps - fast_end

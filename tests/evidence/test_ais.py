@@ -58,7 +58,7 @@ def test_planted_control_wrong_initial_distribution_is_detected():
 
 def test_refuses_adaptive_sampler_and_bad_betas():
     _, potential, _, _ = _setup()
-    adaptive = BatchedKernel(hmc_step, step_size=0.3)
+    adaptive = BatchedKernel(hmc_step, step_size=0.3, track_rate=0.02)
     with pytest.raises(ValueError, match="adapt_step_size=False"):
         annealed_importance_sampling(potential.tempered, potential.sample_prior(4), [0, 1],
                                      adaptive)

@@ -101,18 +101,16 @@ def test_the_default_freezes_the_step_size_after_warm_up():
     assert torch.equal(state.step_size, frozen)
 
 
-def test_tracking_moves_every_chain_alike_at_a_vanishing_rate():
+def test_tracking_moves_every_chain_alike_on_the_mean_acceptance():
     sampler = make_sampler("mala", step_size=0.3, track_rate=0.1, shared_step_size=False)
     target = Funnel()
     state, _ = sampler.warmup(sampler.init(Funnel.sample(64), target), target, 60)
-    assert state.adaptation.count == 0  # the count restarts: transitions since warm-up
-    for t in range(5):
+    for _ in range(5):
         before = state.step_size
         state, info = sampler.step(state, target)
-        expected = 0.1 / math.sqrt(1 + t) * (info.accept_prob.mean() - 0.574)
+        expected = 0.1 * (info.accept_prob.mean() - 0.574)
         torch.testing.assert_close((state.step_size / before).log(),
                                    expected.expand(64), rtol=1e-12, atol=1e-12)
-        assert state.adaptation.count == t + 1
 
 
 def test_warm_up_shares_one_step_size_by_default():
