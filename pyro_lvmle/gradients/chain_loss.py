@@ -74,8 +74,10 @@ class ChainLoss(ELBO):
 
     def state_dict(self) -> dict:
         """The chains (per datum under subsampling), step sizes, adaptation and which data
-        have chains; tensors only, loadable with ``torch.load(weights_only=True)``."""
-        return {**self.chains.state_dict(), "max_plate_nesting": self.max_plate_nesting}
+        have chains, tagged with the loss's class; tensors only, loadable with
+        ``torch.load(weights_only=True)``."""
+        return {**self.chains.state_dict(), "max_plate_nesting": self.max_plate_nesting,
+                "loss_class": type(self).__name__}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s chains (a Pyro kernel gets its step sizes and diagonal
@@ -88,5 +90,9 @@ class ChainLoss(ELBO):
             raise ValueError(f"{where}.load_state_dict: not a saved {where} state (no "
                              "'max_plate_nesting', or no 'position' of chains); pass what "
                              "state_dict() returned")
+        saved = state.get("loss_class", where)  # states saved before the tag load as before
+        if saved != where:
+            raise ValueError(f"{where}.load_state_dict: the state was saved by {saved}, whose "
+                             f"chains target another distribution; load it into a {saved}")
         self.chains.load_state_dict(state)
         self.max_plate_nesting = state["max_plate_nesting"]

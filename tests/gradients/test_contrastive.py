@@ -239,6 +239,10 @@ def test_svi_step_and_state_dict_round_trip(tmp_path):
     other = lv.ContrastiveDivergence(num_chains=3, persistent=True)
     other.load_state_dict(torch.load(tmp_path / "cd.pt", weights_only=True))
     assert torch.equal(other.chains.position["v"], loss.chains.position["v"])
+    # the negative phase's chains are not a posterior's: was loaded without a word
+    with pytest.raises(ValueError, match="saved by ContrastiveDivergence"):
+        lv.MCMCGradient("hmc", num_chains=3).load_state_dict(
+            torch.load(tmp_path / "cd.pt", weights_only=True))
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
