@@ -51,12 +51,14 @@ def hmc_init(position: torch.Tensor, potential, *, step_size: float = 0.1,
     if not step_size > 0:
         raise ValueError(f"hmc_init: step_size must be positive, got {step_size!r}")
     energy, grad = potential.value_and_grad(position)
-    bad = (~torch.isfinite(energy)).nonzero().reshape(-1)
+    # infinite: outside the support (a NaN, from NaN data say, is left to the callers, which
+    # name the site)
+    bad = energy.isinf().nonzero().reshape(-1)
     if bad.numel():
         raise ValueError(
             f"hmc_init: the target's energy is {float(energy[bad[0]])} at {bad.numel()} of "
             f"{position.shape[0]} starting positions (chains {bad[:5].tolist()}): a chain "
-            "started where the density is zero or not finite may never move; start the "
+            "started where the density is zero or infinite may never move; start the "
             "chains inside the target's support (e.g. Potential.initial_position)")
     num_chains = position.shape[0]
     steps = position.new_full((num_chains,), float(step_size))
