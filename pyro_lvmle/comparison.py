@@ -172,7 +172,8 @@ class Comparison:
             for name, records in self.records.items():
                 writer.writerows([name, r["step"], r["seconds"],
                                   r.get("model_evaluations", ""), r["value"]] for r in records)
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=1))
+        paths["json"].write_text(json.dumps(_tag_floats(self.to_dict()), indent=1,
+                                            allow_nan=False))
         fig = self.plot()
         fig.savefig(paths["png"], dpi=100)
         plt.close(fig)
@@ -184,5 +185,29 @@ class Comparison:
 
         :param directory: a path.
         """
-        data = json.loads((Path(directory) / "comparison.json").read_text())
+        data = json.loads((Path(directory) / "comparison.json").read_text(),
+                          object_hook=_untag_float)
         return cls(data["records"], data.get("errors"), data.get("info"))
+
+
+_FLOAT_TAG = "non-finite float"
+
+
+def _tag_floats(obj):
+    """``obj`` with every NaN or infinite float replaced by ``{"non-finite float": "nan"}``
+    (or ``"inf"``, ``"-inf"``): strict JSON has no token for them, and Python's ``NaN``
+    makes the file unreadable to other JSON readers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {_FLOAT_TAG: repr(obj)}
+    if isinstance(obj, dict):
+        return {key: _tag_floats(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_tag_floats(value) for value in obj]
+    return obj
+
+
+def _untag_float(obj: dict):
+    """The float :func:`_tag_floats` tagged, else the dict itself (a ``json`` object hook)."""
+    if len(obj) == 1 and _FLOAT_TAG in obj:
+        return float(obj[_FLOAT_TAG])
+    return obj

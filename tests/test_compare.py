@@ -3,6 +3,7 @@
 import csv
 import importlib
 import itertools
+import json
 import math
 
 import matplotlib
@@ -235,3 +236,25 @@ def test_wrong_methods_evaluations_and_records_are_named():
     with pytest.raises(ValueError, match="records of 'a' must be a non-empty list"):
         lv.Comparison({"a": []})
     pyro.clear_param_store()
+
+
+def _strict(text):
+    """Parse JSON as strict readers do: no NaN or Infinity tokens."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_saved_json_is_strict_json_and_non_finite_values_reload(tmp_path):
+    records = {"diverged": [{"step": 0, "seconds": 0.0, "value": -3.0, "params": {}},
+                            {"step": 4, "seconds": 0.2, "value": math.nan, "params": {}}],
+               "fine": [{"step": 0, "seconds": 0.0, "value": -3.0, "params": {}},
+                        {"step": 4, "seconds": 0.1, "value": -math.inf, "params": {}}]}
+    info = {"budget": {"seconds": math.inf, "steps": 4}, "note": "nan"}
+    paths = lv.Comparison(records, {}, info).save(tmp_path)
+    saved = _strict(paths["json"].read_text())  # Python's NaN/Infinity tokens would fail here
+    assert saved["info"]["note"] == "nan"  # a string stays a string
+    loaded = lv.Comparison.load(tmp_path)
+    assert math.isnan(loaded.records["diverged"][1]["value"])
+    assert loaded.records["fine"][1]["value"] == -math.inf
+    assert loaded.info == info

@@ -112,7 +112,9 @@ class History:
         cls.check_dict(state)
         history = cls()
         for i, (step, time) in enumerate(zip(state["step"], state["time"], strict=True)):
-            metrics = {n: col[i] for n, col in state["metrics"].items() if not math.isnan(col[i])}
+            # a NaN is kept as recorded: a metric NaN at every step (a diverged evaluation)
+            # keeps its name, and a missing value reads as NaN either way
+            metrics = {n: col[i] for n, col in state["metrics"].items()}
             params = {n: value[i] for n, value in state["params"].items()}
             history.append(step, time, metrics, params)
         return history

@@ -152,6 +152,13 @@ def test_history_records_metrics_params_time_and_callback():
     exported = history.to_dict()
     again = History.from_dict(exported)
     assert again.to_dict()["metrics"].keys() == exported["metrics"].keys()
+    # a metric NaN at every step (a diverged evaluation) survives the round trip
+    diverged = History()
+    for step in (1, 2):
+        diverged.append(step, 0.1 * step, {"loss": 1.0, "diverged": math.nan}, {})
+    reloaded = History.from_dict(diverged.to_dict())
+    assert reloaded.metric_names == ["loss", "diverged"]
+    assert all(map(math.isnan, reloaded["diverged"]))
     assert torch.equal(again.params["locs"], history.params["locs"])
     import matplotlib
 
