@@ -52,13 +52,15 @@ def optim_state(optim: PyroOptim) -> dict:
 
 def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,
              m_steps: int = 100, tol: float = 1e-9, where: str = "M-step",
-             ranks=None) -> int:
+             ranks=None, keep_best: bool = False) -> int:
     """Maximize ``objective()`` over the unconstrained parameter leaves, in place.
 
     With ``"lbfgs"``, :class:`torch.optim.LBFGS` with a strong-Wolfe line search (monotone:
     the objective never decreases) for up to ``m_steps`` iterations, stopping when the
     gradient's largest entry is below ``tol``; trial points where the objective is not finite
-    are rejected by the line search. With a ``pyro.optim`` optimizer, ``m_steps`` of its steps.
+    are rejected by the line search. With a ``pyro.optim`` optimizer, ``m_steps`` of its steps;
+    with ``keep_best``, the best of the points it visited (the start and the last included),
+    so that, as with L-BFGS, the objective never decreases (a generalized EM's M-step).
     With ``ranks`` (a data-parallel run), each evaluation's value and gradient are summed over
     the ranks before the optimizer sees them, so every rank takes the same iterates.
 
@@ -69,6 +71,8 @@ def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,
     :param float tol: L-BFGS's gradient tolerance.
     :param str where: named in errors.
     :param ranks: a :class:`~pyro_lvmle.em.ranks.RankSum`, or ``None`` for one process.
+    :param bool keep_best: a ``pyro.optim`` optimizer ends at the best point it visited
+        (one more evaluation, at its last point); for a deterministic objective only.
     :returns: the number of objective evaluations.
     :raises ValueError: if the objective or its gradient is not finite at the start.
     """
@@ -110,11 +114,20 @@ def maximize(objective, params: dict[str, torch.Tensor], m_step="lbfgs", *,
                                   tolerance_change=1e-14, line_search_fn="strong_wolfe")
         optim.step(loss_and_grad)
     else:
-        for _ in range(m_steps):
-            if not torch.isfinite(loss_and_grad()):
+        best_loss, best = math.inf, None
+        for step in range(m_steps + keep_best):
+            loss = loss_and_grad()
+            if not torch.isfinite(loss):
                 raise ValueError(f"{where}: the objective became non-finite; lower the "
                                  "optimizer's learning rate")
-            m_step(leaves)
+            if keep_best and loss < best_loss:
+                best_loss, best = loss, [leaf.detach().clone() for leaf in leaves]
+            if step < m_steps:
+                m_step(leaves)
+        if keep_best:  # the best point evaluated (the last one included), never worse
+            with torch.no_grad():
+                for leaf, value in zip(leaves, best, strict=True):
+                    leaf.copy_(value)
     for leaf in leaves:
         leaf.grad = None
     return evals[0]

@@ -224,7 +224,8 @@ class MCEM(Driver):
             with torch.no_grad():
                 before = potential.log_joint(flat)
             maximize(partial(_mean_log_joint, potential, flat, share), params, self.m_step,
-                     m_steps=self.m_steps, where="MCEM M-step", ranks=self.ranks)
+                     m_steps=self.m_steps, where="MCEM M-step", ranks=self.ranks,
+                     keep_best=True)
             with torch.no_grad():
                 after = potential.log_joint(flat)
             (deltas,) = self.ranks.sum([share * (after - before).reshape(draws.shape[:2])])

@@ -114,3 +114,47 @@ def test_nan_data_is_named_instead_of_blaming_the_sampler():
     driver = lv.MCEM(model, "hmc", num_samples=10, num_chains=4, warmup_steps=20, auto=False)
     with pytest.raises(ValueError, match=r"sites \['x'\] is not finite"):
         driver.step(x)
+
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_an_optimizer_m_step_never_decreases_the_q_function(keep_best, monkeypatch):
+    """A ``pyro.optim`` M-step ends at the best point it visited, as L-BFGS's monotone line
+    search does. Before, an overshooting last step gave a negative Q-increase that no number
+    of draws can establish as an ascent, and the rule added draws up to its cap."""
+    from pyro_lvmle.em import m_step
+    from pyro_lvmle.em import mcem as module
+
+    tried, rule = [], module.ascent_rule
+
+    def recording_rule(increase, *args):
+        tried.append(increase)  # every attempt, the rejected ones included
+        return rule(increase, *args)
+
+    monkeypatch.setattr(module, "ascent_rule", recording_rule)
+    if not keep_best:  # the planted control: the optimizer's last point
+        monkeypatch.setattr(module, "maximize",
+                            lambda *a, **k: m_step.maximize(*a, **{**k, "keep_best": False}))
+    pyro.set_rng_seed(3)
+    model = lv.models.LinearGaussian(dim=3)
+    data = model.simulate(200, params={"w": torch.tensor([1.0, -1.0, 0.5])})
+    mcem = lv.MCEM(model, "hmc", num_samples=50, m_step=pyro.optim.Adam({"lr": 2.0}),
+                   m_steps=3, num_chains=4, warmup_steps=100, newton=False,
+                   max_num_samples=100)
+    mcem.run(data, num_steps=3, progress=False)
+    assert (min(tried) >= 0) == keep_best, tried
+
+
+def test_keep_best_ends_an_optimizer_at_the_best_point_it_visited():
+    """Adam at a learning rate that overshoots: its last point is worse than its start, the
+    kept point is the best visited (never below the start); without ``keep_best`` the last."""
+    from pyro_lvmle.em.m_step import maximize
+
+    def run(keep_best):
+        x = torch.tensor([0.3], requires_grad=True)
+        maximize(lambda: -(x**2).sum(), {"x": x}, pyro.optim.Adam({"lr": 1.0}), m_steps=5,
+                 keep_best=keep_best)
+        return float(-(x.detach() ** 2).sum())
+
+    start = -0.09
+    assert run(True) >= start and run(False) < start
