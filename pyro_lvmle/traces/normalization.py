@@ -19,7 +19,8 @@ from __future__ import annotations
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from torch.distributions import Independent
+from pyro.poutine.messenger import Messenger
+from torch.distributions import Independent, transform_to
 
 from .params import _cuda_devices
 from .particles import _DetachValues, _is_subsample
@@ -75,12 +76,29 @@ def check_normalized(model, args=(), kwargs=None, *, where: str) -> None:
     :param str where: who checks, for the message.
     :raises ValueError: naming the sites and what to use instead.
     """
-    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
+    tensors = [a for a in (*args, *(kwargs or {}).values()) if torch.is_tensor(a)]
+    device = tensors[0].device if tensors else None  # the data's: code never assumes CPU
+    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block(), _FlatLatents(device):
         trace = poutine.trace(model).get_trace(*args, **(kwargs or {}))
     sites = unnormalized_sites(trace)
     if sites:
         raise ValueError(f"{where}: the model's observed sites {sites} have an improper "
                          f"density: {_ADVICE}")
+
+
+class _FlatLatents(Messenger):
+    """Give a latent site of improper density (a flat ``ImproperUniform`` prior, which
+    cannot be sampled) a value in its support, on the data's device, so that the model runs
+    without its guide."""
+
+    def __init__(self, device=None):
+        super().__init__()
+        self.device = device
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and msg["value"] is None and _is_improper(msg["fn"]):
+            fn = msg["fn"]
+            msg["value"] = transform_to(fn.support)(torch.zeros(fn.shape(), device=self.device))
 
 
 def check_model(model, guide=None, *args, **kwargs) -> None:

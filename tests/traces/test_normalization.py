@@ -38,6 +38,37 @@ def test_check_model_passes_normalized_models(make):
     lv.check_model(model, None, *args)
 
 
+def flat_prior(data):
+    """A flat improper prior on a latent (cannot be sampled), a normalized likelihood: a
+    normalized model Trace_ELBO fits with a guide, so the guard must run it without one."""
+    loc = pyro.sample("loc", dist.ImproperUniform(dist.constraints.real, (), ()))
+    scale = pyro.sample("scale", dist.ImproperUniform(dist.constraints.positive, (), ()))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("x", dist.Normal(loc, scale), obs=data)
+
+
+def flat_prior_guide(data):
+    for name, start in (("loc", 0.0), ("scale", 0.0)):
+        mean = pyro.param(f"{name}_mean", torch.tensor(start))
+        spread = pyro.param(f"{name}_spread", torch.tensor(0.2),
+                            constraint=dist.constraints.positive)
+        base = dist.Normal(mean, spread)
+        pyro.sample(name, base if name == "loc" else dist.LogNormal(mean, spread))
+
+
+@pytest.mark.parametrize("loss", [lv.TraceIWAE_ELBO, lv.TraceSTL_ELBO])
+def test_a_flat_prior_on_a_latent_passes_the_guard(loss):
+    """The guard ran the model without its guide and crashed on the flat prior
+    (``NotImplementedError: ImproperUniform does not support sampling``)."""
+    data = torch.randn(10) + 1.0
+    lv.check_model(flat_prior, flat_prior_guide, data)
+    pyro.set_rng_seed(0)
+    ours = loss(num_particles=1).differentiable_loss(flat_prior, flat_prior_guide, data)
+    pyro.set_rng_seed(0)
+    pyros = Trace_ELBO().differentiable_loss(flat_prior, flat_prior_guide, data)
+    assert torch.allclose(ours, pyros)  # one particle: the ELBO itself
+
+
 def test_our_objectives_and_mcmc_gradient_refuse_the_rbm():
     rbm, data = _rbm()
     for loss in (lv.TraceIWAE_ELBO(num_particles=2), lv.MCMCGradient("hmc")):
