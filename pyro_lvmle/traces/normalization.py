@@ -16,12 +16,10 @@ latent site such as ``Uniform(0, theta)`` for the MCMC gradient.
 
 from __future__ import annotations
 
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.messenger import Messenger
-from torch.distributions import Independent, transform_to
 
+from .improper import FlatLatents, data_device, is_improper
 from .params import _cuda_devices
 from .particles import _DetachValues, _is_subsample
 from .plate import subsample_factor
@@ -51,19 +49,7 @@ def unnormalized_sites(trace) -> list[str]:
     """
     return [name for name, site in trace.nodes.items()
             if site["type"] == "sample" and site["is_observed"] and not _is_subsample(site)
-            and _is_improper(site["fn"])]
-
-
-def _is_improper(fn) -> bool:
-    while True:
-        if isinstance(fn, dist.ImproperUniform):
-            return True
-        inner = getattr(fn, "base_dist", None)
-        if inner is None or not isinstance(fn, Independent | dist.MaskedDistribution |
-                                           dist.ExpandedDistribution |
-                                           torch.distributions.TransformedDistribution):
-            return False
-        fn = inner
+            and is_improper(site["fn"])]
 
 
 def check_normalized(model, args=(), kwargs=None, *, where: str) -> None:
@@ -76,29 +62,13 @@ def check_normalized(model, args=(), kwargs=None, *, where: str) -> None:
     :param str where: who checks, for the message.
     :raises ValueError: naming the sites and what to use instead.
     """
-    tensors = [a for a in (*args, *(kwargs or {}).values()) if torch.is_tensor(a)]
-    device = tensors[0].device if tensors else None  # the data's: code never assumes CPU
-    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block(), _FlatLatents(device):
+    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block(), \
+            FlatLatents(data_device(args, kwargs)):
         trace = poutine.trace(model).get_trace(*args, **(kwargs or {}))
     sites = unnormalized_sites(trace)
     if sites:
         raise ValueError(f"{where}: the model's observed sites {sites} have an improper "
                          f"density: {_ADVICE}")
-
-
-class _FlatLatents(Messenger):
-    """Give a latent site of improper density (a flat ``ImproperUniform`` prior, which
-    cannot be sampled) a value in its support, on the data's device, so that the model runs
-    without its guide."""
-
-    def __init__(self, device=None):
-        super().__init__()
-        self.device = device
-
-    def _pyro_sample(self, msg):
-        if not msg["is_observed"] and msg["value"] is None and _is_improper(msg["fn"]):
-            fn = msg["fn"]
-            msg["value"] = transform_to(fn.support)(torch.zeros(fn.shape(), device=self.device))
 
 
 def check_model(model, guide=None, *args, **kwargs) -> None:
@@ -169,8 +139,9 @@ def check_fixed_supports(model, args=(), kwargs=None, *, where: str) -> None:
     """
     # latent values detached: a bound computed from another latent moves with it, not with
     # the parameters, and Fisher's identity holds on the joint support
+    flat = FlatLatents(data_device(args, kwargs))  # a flat prior's latent gets a value
     with torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
-        trace = poutine.trace(_DetachValues()(model)).get_trace(*args, **(kwargs or {}))
+        trace = poutine.trace(_DetachValues()(flat(model))).get_trace(*args, **(kwargs or {}))
     moving = [name for name, site in trace.nodes.items()
               if site["type"] == "sample" and not site["is_observed"]
               and not _is_subsample(site) and _tracks_gradient(site["fn"].support)]

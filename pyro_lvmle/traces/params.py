@@ -5,6 +5,8 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 
+from .improper import FlatLatents, data_device
+
 __all__ = [
     "accumulate_grads",
     "assign_params",
@@ -72,7 +74,8 @@ def program_params(fn, *args, **kwargs) -> dict[str, torch.Tensor]:
     """
     devices = _cuda_devices()
     with torch.random.fork_rng(devices=devices):  # leave the RNG as it was: resumable runs
-        return call_with_params(poutine.block(fn, hide_types=["sample"]), *args, **kwargs)[1]
+        return call_with_params(poutine.block(FlatLatents(data_device(args, kwargs))(fn),
+                                              hide_types=["sample"]), *args, **kwargs)[1]
 
 
 def _cuda_devices() -> list[int]:
@@ -128,7 +131,7 @@ def has_only_enumerable_latents(model, *args, **kwargs) -> bool:
 
     :param model: a Pyro model, run once (hidden from outer handlers) on the arguments.
     """
-    with poutine.block():
+    with poutine.block(), FlatLatents(data_device(args, kwargs)):
         trace = poutine.trace(model).get_trace(*args, **kwargs)
     latents = [
         site for site in trace.nodes.values()

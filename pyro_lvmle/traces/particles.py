@@ -50,6 +50,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape
 
+from .improper import FlatLatents, data_device
 from .params import _cuda_devices
 
 __all__ = [
@@ -182,7 +183,10 @@ def check_programs(model, guide, args, kwargs, max_plate_nesting: float = math.i
 
 
 def _unvectorized_traces(model, guide, args, kwargs):
-    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block():
+    # a flat prior's latent gets a value where no guide draws it (the MCMC losses' empty
+    # guide), so that the plates are found and the sampler's own check names the site
+    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block(), \
+            FlatLatents(data_device(args, kwargs)):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs

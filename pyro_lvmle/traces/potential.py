@@ -29,6 +29,7 @@ import torch
 
 from .dependence import block_energy, dependencies, discrete_blocks, summed_out
 from .discrete import DiscreteBlock, into_support, mark_parallel
+from .improper import FlatLatents, data_device, improper_latents
 from .layout import LatentSite, check_positions, is_target_site, lay_out
 from .normalization import check_undirected_target
 from .particles import _is_subsample, guess_max_plate_nesting
@@ -103,8 +104,15 @@ class Potential:
             max_plate_nesting = guess_max_plate_nesting(model, lambda *a, **k: None,
                                                         self.args, self.kwargs)
         self.max_plate_nesting = max_plate_nesting
-        with poutine.block():
+        with poutine.block(), FlatLatents(data_device(self.args, self.kwargs)):
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+        flat = improper_latents(trace)
+        if flat:
+            raise ValueError(
+                f"the latent sites {flat} have an improper prior (a flat ImproperUniform), "
+                "from which chains cannot be started, nor evidence estimated: give them a "
+                "proper prior (a wide Normal, say), or fit the model with a guide and an "
+                "ELBO (SVI with lv.TraceIWAE_ELBO)")
         if uncondition:
             check_undirected_target(trace)
         #: the indices of each plate's mini-batch, fixed for every evaluation

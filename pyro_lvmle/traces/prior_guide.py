@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pyro.poutine as poutine
+from pyro.poutine.messenger import Messenger
+
+from .improper import is_improper
 
 __all__ = ["PriorGuide"]
 
@@ -50,7 +53,7 @@ class PriorGuide:
     def __call__(self, *args, **kwargs):
         hidden = poutine.block(self.model, hide_fn=lambda msg: msg.get("is_observed", False))
         # a guide samples its sites: the model's marks to enumerate them are not the guide's
-        return poutine.infer_config(hidden, _sampled)(*args, **kwargs)
+        return poutine.infer_config(_RefuseImproper()(hidden), _sampled)(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"PriorGuide({self.model!r})"
@@ -58,3 +61,14 @@ class PriorGuide:
 
 def _sampled(msg) -> dict:
     return {"enumerate": None} if msg["type"] == "sample" else {}
+
+
+class _RefuseImproper(Messenger):
+    """Name a latent site whose prior is improper: it cannot be sampled, nor be a proposal."""
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"] and msg["value"] is None and is_improper(msg["fn"]):
+            raise ValueError(
+                f"PriorGuide: the latent site {msg['name']!r} has an improper prior (a flat "
+                "ImproperUniform), which cannot be sampled nor serve as a proposal: give it "
+                "a proper prior (a wide Normal, say), or pass a guide that samples it")

@@ -125,3 +125,29 @@ def test_control_pyros_elbo_gradient_on_the_rbm_is_silently_wrong():
     elbo = torch.autograd.grad(elbo_loss, [params["weights"]])[0]
     exact = torch.autograd.grad(-rbm.log_marginal(data), [params["weights"]])[0]
     assert (elbo - exact).abs().max() > 1.0
+
+
+def flat_prior_with_param(data):
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+    loc = pyro.sample("loc", dist.ImproperUniform(dist.constraints.real, (), ()))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("x", dist.Normal(loc, scale), obs=data)
+
+
+@pytest.mark.parametrize("run", [
+    lambda data: pyro.infer.SVI(flat_prior_with_param, lv.empty_guide,
+                                pyro.optim.Adam({"lr": 0.01}),
+                                lv.MCMCGradient("hmc", num_samples=5)).step(data),
+    lambda data: lv.MCEM(flat_prior_with_param, num_samples=5).run(data, num_steps=1,
+                                                                   progress=False),
+    lambda data: lv.SAEM(flat_prior_with_param).run(data, num_steps=1, progress=False),
+    lambda data: lv.log_marginal(flat_prior_with_param, data, method="is"),
+    lambda data: lv.log_marginal(flat_prior_with_param, data, method="ais"),
+    lambda data: lv.standard_errors(flat_prior_with_param, data),
+], ids=["mcmc-gradient", "mcem", "saem", "log-marginal-is", "log-marginal-ais",
+        "standard-errors"])
+def test_methods_without_a_guide_name_a_flat_prior(run):
+    """Chains cannot start from, and importance sampling cannot propose from, a flat prior:
+    each method said ``NotImplementedError: ImproperUniform does not support sampling``."""
+    with pytest.raises(ValueError, match=r"'loc'.*improper prior"):
+        run(torch.randn(10) + 1.0)
