@@ -16,6 +16,9 @@ latent site such as ``Uniform(0, theta)`` for the MCMC gradient.
 
 from __future__ import annotations
 
+import warnings
+
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
@@ -69,6 +72,61 @@ def check_normalized(model, args=(), kwargs=None, *, where: str) -> None:
     if sites:
         raise ValueError(f"{where}: the model's observed sites {sites} have an improper "
                          f"density: {_ADVICE}")
+    _warn_factors_of_discrete_data(model, args, kwargs, trace, where)
+
+
+def _warn_factors_of_discrete_data(model, args, kwargs, trace, where) -> None:
+    """Warn where a ``pyro.factor`` changes with the value of a discrete observed site: the
+    density of the observations is then the site's times the factor's, a sum to one only if
+    the user made it so (an RBM written as ``Bernoulli(0.5)`` observations plus its energy
+    is not: log p(x) then misses log Z). Found by one more run of the model with every
+    discrete observation moved to another value of its support; a continuous observation's
+    factor (a Jacobian) is not looked at."""
+    factors = {name: site["fn"].log_factor for name, site in trace.nodes.items()
+               if site["type"] == "sample" and isinstance(site["fn"], dist.Unit)
+               and torch.is_tensor(getattr(site["fn"], "log_factor", None))}
+    if not factors:
+        return
+    moved = {}
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site["is_observed"] and name not in factors \
+                and not _is_subsample(site) and site["fn"].support.is_discrete:
+            other = _another_value(site["fn"].support, site["value"])
+            if other is not None:
+                moved[name] = other
+    if not moved:
+        return
+    with torch.random.fork_rng(devices=_cuda_devices()), poutine.block(), \
+            FlatLatents(data_device(args, kwargs)):
+        again = poutine.trace(poutine.replay(poutine.condition(model, data=moved), trace=trace)
+                              ).get_trace(*args, **(kwargs or {}))
+    changed = [name for name, value in factors.items() if name in again.nodes
+               and isinstance(again.nodes[name]["fn"], dist.Unit)
+               and not torch.equal(again.nodes[name]["fn"].log_factor, value)]
+    if changed:
+        warnings.warn(
+            f"{where}: the pyro.factor sites {changed} change with the discrete observed sites "
+            f"{sorted(moved)}: the density of the observations is then the sites' times "
+            "exp(factor), which sums to one only if you made it so. If the factor is an "
+            "energy (an RBM written as Bernoulli observations plus its free energy), the "
+            "model is undirected: every ELBO and log p(x) miss its log Z. Write it with an "
+            "ImproperUniform observed site and use lv.ContrastiveDivergence and "
+            "lv.log_partition", UserWarning, stacklevel=3)
+
+
+def _another_value(support, value):
+    """``value`` moved to another value of a discrete support, or ``None`` if unknown."""
+    if support is dist.constraints.boolean:
+        return 1 - value
+    if isinstance(support, dist.constraints.integer_interval):
+        low, high = support.lower_bound, support.upper_bound
+        return low + (value - low + 1) % (high - low + 1) if high > low else None
+    if support in (dist.constraints.nonnegative_integer, dist.constraints.positive_integer):
+        return value + 1
+    if support is dist.constraints.one_hot:
+        return value.roll(1, -1)
+    base = getattr(support, "base_constraint", None)  # an independent constraint
+    return None if base is None else _another_value(base, value)
 
 
 def check_model(model, guide=None, *args, **kwargs) -> None:

@@ -151,3 +151,46 @@ def test_methods_without_a_guide_name_a_flat_prior(run):
     each method said ``NotImplementedError: ImproperUniform does not support sampling``."""
     with pytest.raises(ValueError, match=r"'loc'.*improper prior"):
         run(torch.randn(10) + 1.0)
+
+
+def bernoulli_rbm(data):
+    """An RBM written as Bernoulli(1/2) observations plus its free energy: unnormalized (the
+    base measure is normalized, the factor is not), with no improper site to find."""
+    weights = pyro.param("weights", torch.full((4, 2), 0.5))
+    with pyro.plate("data", data.shape[0]):
+        v = pyro.sample("v", dist.Bernoulli(0.5 * torch.ones(4)).to_event(1), obs=data)
+        pyro.factor("free_energy", torch.nn.functional.softplus(v @ weights).sum(-1))
+
+
+def discrete_with_penalty(data):
+    """A normalized model of counts with a penalty on its parameter: passes."""
+    rate = pyro.param("rate", torch.tensor(2.0), constraint=dist.constraints.positive)
+    pyro.factor("penalty", -0.1 * rate**2)
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("x", dist.Poisson(rate), obs=data)
+
+
+def log_normal_by_jacobian(data):
+    """A continuous observation with its Jacobian as a factor: normalized, passes."""
+    loc = pyro.param("loc", torch.tensor(0.0))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("log_x", dist.Normal(loc, 1.0), obs=data.log())
+        pyro.factor("jacobian", -data.log())
+
+
+def test_a_factor_changing_with_discrete_observations_is_named():
+    """Found from outside: this model passed every check, log_marginal(method='exact')
+    returned -184.5 against the true -160.9, ExactEM reported a log-likelihood of +2e119."""
+    data = torch.bernoulli(torch.full((6, 4), 0.5))
+    with pytest.warns(UserWarning, match=r"\['free_energy'\] change with the discrete "
+                                         r"observed sites \['v'\].*ContrastiveDivergence"):
+        lv.check_model(bernoulli_rbm, None, data)
+
+
+@pytest.mark.parametrize("model, data", [
+    (discrete_with_penalty, torch.tensor([1.0, 3.0, 0.0])),
+    (log_normal_by_jacobian, torch.tensor([0.5, 2.0, 1.5])),
+    (factor_likelihood, torch.randn(5)),
+], ids=["penalty-on-counts", "jacobian", "factor-likelihood"])
+def test_factors_of_normalized_models_pass_without_a_warning(model, data):
+    lv.check_model(model, None, data)  # warnings are errors in the tests
