@@ -34,6 +34,7 @@ from .._checks import check_int
 from ..samplers import BlockGibbs, make_sampler, run_steps
 from ..traces import Potential
 from ..traces.particles import guess_max_plate_nesting
+from ..traces.plate import _trace
 from .chain_loss import TRACK_RATE, ChainLoss
 from .fisher import empty_guide
 
@@ -179,6 +180,7 @@ class ContrastiveDivergence(ChainLoss):
                              "pass persistent=True and a BlockGibbs sampler, or leave "
                              "jit_compile off")
         self._compiled: dict = {}
+        self._factors_checked = False
 
     def __repr__(self) -> str:
         sampler = self._sampler_name or self.sampler
@@ -290,6 +292,8 @@ class ContrastiveDivergence(ChainLoss):
             if compiled is not None:
                 return compiled
         potential, data, state, info = self._advance(model, args, kwargs)
+        if not self._factors_checked:
+            self._factors_checked = _warn_constant_factors(potential, data, state.position)
         if data is None:  # both phases from one run of the model, the data read in it
             log_density = potential.log_joint(state.position, at_data=True)
         else:
@@ -347,6 +351,48 @@ class ContrastiveDivergence(ChainLoss):
         log_density, position, accept = out
         self.chains.save(potential, like._replace(position=position))
         return log_density, accept
+
+
+def _warn_constant_factors(potential, data, chains) -> bool:
+    r"""Warn about ``pyro.factor`` sites that the chains' states do not reach: computed
+    without any of the observed sites' values (from the parameters alone, or from the
+    model's ``data`` argument instead of the value ``pyro.sample`` returns). Such a term is a
+    constant of :math:`\tilde p` for the chains and cancels with :math:`\log Z`: a penalty
+    on the parameters written so is silently lost (Pyro's ELBOs would apply it), an energy
+    of ``data`` gives no gradient at all. Found on one run of the model under the chains'
+    plate: the factor's value has no chain dimension, or only a broadcast one (the plate
+    path; a vmapped model is not checked). Returns ``True``: the check is made once."""
+    if potential.vectorization != "plate":
+        return True
+    targets = {site.name for site in potential.sites}
+    factors = [name for name in potential.likelihood_sites if name not in targets]
+    if not factors:
+        return True
+    with torch.no_grad():
+        if data is None:
+            data = potential.initial_position(1)
+        position = torch.cat([data, chains[:3]])
+        trace, _ = _trace(potential, position, jacobian=True, beta=None,
+                          enumerate=bool(potential.enumerated))
+    dim = potential.max_plate_nesting + 1  # the chain plate's, from the right
+    constant = []
+    for name in factors:
+        value = getattr(trace.nodes[name]["fn"], "log_factor", None)
+        if not torch.is_tensor(value):
+            continue
+        if value.dim() < dim or value.shape[-dim] == 1 or value.stride(-dim) == 0:
+            constant.append(name)
+    if constant:
+        warnings.warn(
+            f"ContrastiveDivergence: the pyro.factor sites {constant} do not depend on the "
+            "observed sites' values (a factor of the parameters alone, or of the model's data "
+            "argument instead of the value pyro.sample returns): for the chains they are a "
+            "constant of the unnormalized density, which cancels with log Z, so they add "
+            "nothing to the gradient. Compute an energy from the sample site's value (x = "
+            "pyro.sample('x', ..., obs=data); pyro.factor('energy', -E(x))); for a penalty "
+            "on the parameters use the optimizer's weight_decay or add it to the loss "
+            "outside the model", UserWarning, stacklevel=4)
+    return True
 
 
 def _call_traced(compiled, position, args, kwargs):

@@ -147,6 +147,8 @@ def test_one_model_run_and_compiled_paths_equal_the_two_run_path():
     assert (other - reference).abs().max() > 1e-3
 
 
+# its factor reads the data argument, not the site's value: the chains do not reach it
+@pytest.mark.filterwarnings("ignore:ContrastiveDivergence. the pyro.factor sites")
 def test_compiled_step_that_disagrees_with_the_model_is_refused():
     """A model branching in Python on its data: the trace fixes the branch of the batch it
     saw, and the check of the next call against an eager run catches it."""
@@ -210,6 +212,32 @@ def test_langevin_negative_phase_on_continuous_sites_matches_exact_gradient():
     batches = draws.reshape(20, 20, -1).mean(1)
     assert _z_scores(batches, exact).max() < 4
     assert loss.diagnostics["accept_prob"] > 0.3
+
+
+def test_a_factor_not_depending_on_the_observed_sites_is_named():
+    """A penalty written as ``pyro.factor`` cancels with log Z: CD's gradient was the
+    unpenalized one, silently, where Pyro's ELBOs apply the penalty (outside-in review)."""
+    def penalized(data):
+        pyro.factor("penalty", -5.0 * (pyro.param("mu", torch.tensor([0.5, -0.5])) ** 2).sum())
+        gaussian_energy(data)
+
+    data = torch.randn(8, 2)
+    loss = lv.ContrastiveDivergence(num_steps=1, num_chains=4, sampler="mala")
+    with pytest.warns(UserWarning, match=r"\[.penalty.\] do not depend.*weight_decay"):
+        loss.differentiable_loss(penalized, lv.empty_guide, data)
+    loss.differentiable_loss(penalized, lv.empty_guide, data)  # once per loss
+    again = lv.ContrastiveDivergence(num_steps=1, num_chains=4, sampler="mala")
+    again.differentiable_loss(gaussian_energy, lv.empty_guide, data)  # no warning (errors)
+
+    def of_the_argument(data):  # the energy of `data`, not of the value the site returns
+        mu = pyro.param("mu", torch.tensor([0.5, -0.5]))
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("x", dist.ImproperUniform(constraints.real, (), (2,)), obs=data)
+            pyro.factor("energy", -((data - mu) ** 2).sum(-1))
+
+    loss = lv.ContrastiveDivergence(num_steps=1, num_chains=4, sampler="mala")
+    with pytest.warns(UserWarning, match=r"\['energy'\] do not depend"):
+        loss.differentiable_loss(of_the_argument, lv.empty_guide, data)
 
 
 def test_loss_values_agree_and_say_what_they_are():
