@@ -10,7 +10,25 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_callable", "check_int", "check_positive", "check_probability"]
+__all__ = ["check_bool", "check_callable", "check_int", "check_positive", "check_probability"]
+
+
+def check_bool(where: str, name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False`` (a string such as ``"no"`` would be true).
+
+    :param str where: who checks, for the message.
+    :param str name: the argument's name.
+    :param value: what the user passed.
+    :raises TypeError: for anything else.
+
+    Example::
+
+        >>> check_bool("MCEM", "auto", False)
+        False
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
+    return value
 
 
 def check_int(where: str, name: str, value, low: int = 0, high: int | None = None) -> int:

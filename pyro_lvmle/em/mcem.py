@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_int, check_positive, check_probability
+from .._checks import check_bool, check_int, check_positive, check_probability
 from ..gradients import MCMCGradient
 from ..gradients.newton import (
     assign_flat,
@@ -181,8 +181,7 @@ class MCEM(Driver):
         for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
             check_probability("MCEM", name, value, high=0.5)
         tol = check_positive("MCEM", "tol", tol)  # tol=inf would stop after one step
-        if not isinstance(auto, bool):
-            raise TypeError(f"MCEM: auto must be True or False, got {auto!r}")
+        check_bool("MCEM", "auto", auto)
         kernel_options = check_kernel_options("MCEM", kernel_options, {
             "num_samples": "num_samples", "warmup_steps": "warmup_steps",
             "num_chains": "num_chains", "thinning": "thinning"})

@@ -34,6 +34,7 @@ from torch.distributions import Independent
 
 from .._checks import check_int
 from ..samplers import make_sampler
+from ..samplers.kernels import refuse_latent_kernels
 from ..traces import Potential
 from .ais import annealed_importance_sampling, check_betas
 from .estimate import Estimate
@@ -111,9 +112,13 @@ def log_partition(model, *args, method: str = "exact", base=None, num_chains: in
         raise ValueError(f"{where}: method must be 'exact' or 'ais', got {method!r}")
     if max_plate_nesting is not None:
         check_int(where, "max_plate_nesting", max_plate_nesting, 0)
+    refuse_latent_kernels(where, sampler)
     with torch.enable_grad():
-        potential = Potential(model, args, kwargs, max_plate_nesting=max_plate_nesting,
-                              uncondition=True)
+        try:  # the model's own faults, named for the function that found them
+            potential = Potential(model, args, kwargs, max_plate_nesting=max_plate_nesting,
+                                  uncondition=True)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
     latents = [site.name for site in potential.sites if not site.was_observed]
     if latents:
         raise ValueError(f"{where}: the latent sites {latents} cannot be summed out; "

@@ -30,8 +30,9 @@ from functools import partial
 import pyro.ops.jit
 import torch
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from ..samplers import BlockGibbs, make_sampler, run_steps
+from ..samplers.kernels import refuse_latent_kernels
 from ..traces import Potential
 from ..traces.particles import guess_max_plate_nesting
 from ..traces.plate import _trace
@@ -163,8 +164,9 @@ class ContrastiveDivergence(ChainLoss):
         self.num_steps = check_int(where, "num_steps", num_steps, 1)
         self.num_chains = check_int(where, "num_chains", num_chains, 1)
         super().__init__(num_chains, num_chains, max_plate_nesting)
-        self.persistent = bool(persistent)
+        self.persistent = check_bool(where, "persistent", persistent)
         self._options = {"track_rate": TRACK_RATE, **sampler_options}
+        refuse_latent_kernels(where, sampler)
         if not (sampler == "auto" and not sampler_options):
             try:  # bad settings are refused here, not at the first step
                 make_sampler("gibbs" if sampler == "auto" else sampler, **self._options)
@@ -173,7 +175,7 @@ class ContrastiveDivergence(ChainLoss):
         self.sampler = None if isinstance(sampler, str) else make_sampler(sampler)
         self._sampler_name = sampler if isinstance(sampler, str) else None
         self._potentials: dict = {}
-        self.jit_compile = bool(jit_compile)
+        self.jit_compile = check_bool(where, "jit_compile", jit_compile)
         if self.jit_compile and not (self.persistent and isinstance(self.sampler, BlockGibbs)):
             raise ValueError(f"{where}: jit_compile=True compiles persistent chains moved by "
                              "BlockGibbs (its sweep has no Python branch on tensor values); "
@@ -210,8 +212,12 @@ class ContrastiveDivergence(ChainLoss):
         vectorization = next(iter(self._potentials.values())).vectorization \
             if self._potentials else None
         with torch.enable_grad():
-            potential = Potential(model, args, kwargs, max_plate_nesting=self.max_plate_nesting,
-                                  vectorization=vectorization, uncondition=True)
+            try:  # the model's own faults, named for the loss that found them
+                potential = Potential(model, args, kwargs,
+                                      max_plate_nesting=self.max_plate_nesting,
+                                      vectorization=vectorization, uncondition=True)
+            except ValueError as error:
+                raise ValueError(f"ContrastiveDivergence: {error}") from error
         latents = [site.name for site in potential.sites if not site.was_observed]
         if latents:
             raise ValueError(

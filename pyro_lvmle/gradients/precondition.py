@@ -76,7 +76,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_int, check_positive
+from .._checks import check_bool, check_int, check_positive
 from .newton import NewtonStep, TrustRegionStep, louis_moments, newton_step, trust_region_step
 
 __all__ = ["NewtonPreconditioner", "PreconditionerState", "diagonal_newton_step"]
@@ -177,9 +177,7 @@ class NewtonPreconditioner:
     def __init__(self, diagonal: bool = False, *, memory: int = 5, max_speedup: float = 100.0,
                  max_step: float | None = 10.0):
         where = "NewtonPreconditioner"
-        if not isinstance(diagonal, bool):
-            raise TypeError(f"{where}: diagonal must be True or False, got {diagonal!r}")
-        self.diagonal = diagonal
+        self.diagonal = check_bool(where, "diagonal", diagonal)
         self.memory = check_int(where, "memory", memory, low=1)
         self.max_speedup = check_positive(where, "max_speedup", max_speedup)
         if self.max_speedup < 1:

@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints, transform_to
 
+from .._checks import check_bool
 from .base import ReferenceModel, _check_count, _check_matrix
 
 __all__ = ["LogisticGrowth"]
@@ -75,8 +76,7 @@ class LogisticGrowth(ReferenceModel):
 
     def __init__(self, centered: bool = False, times=ORANGE_TIMES, init_params=None, *,
                  prefix: str = ""):
-        if not isinstance(centered, bool):
-            raise TypeError(f"LogisticGrowth: centered must be True or False, got {centered!r}")
+        check_bool("LogisticGrowth", "centered", centered)
         times = torch.as_tensor(times, dtype=torch.float64)
         if times.dim() != 1 or len(times) < 2 or not torch.isfinite(times).all():
             raise ValueError("LogisticGrowth: times must be a 1-d sequence of at least two "

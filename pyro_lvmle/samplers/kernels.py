@@ -253,3 +253,21 @@ def make_sampler(kernel, model=None, *, step_size: float = 0.1, adapt_step_size:
         return BatchedKernel(kernel, **options)
     raise TypeError(f"kernel must be a name, a Pyro HMC/NUTS kernel, a step function or a "
                     f"sampler, got {type(kernel).__name__}")
+
+
+def refuse_latent_kernels(where: str, sampler) -> None:
+    """Refuse Pyro's HMC/NUTS (by kernel or by the name ``"nuts"``) as the sampler of an
+    undirected model's observed sites: they move a model's latent sites only.
+
+    :param str where: who checks, for the message.
+    :param sampler: what the user passed.
+    :raises ValueError: naming the samplers to use instead.
+    """
+    from pyro.infer.mcmc import HMC
+
+    if (isinstance(sampler, str) and sampler == "nuts") or isinstance(sampler, HMC):
+        raise ValueError(
+            f"{where}: Pyro's HMC and NUTS kernels move a model's latent sites, but an "
+            "undirected model's chains move its observed sites with the observations removed; "
+            "use sampler='hmc', 'mala' or 'ula' (the batched kernels) for continuous sites, "
+            "'gibbs' or 'gwg' for discrete ones")

@@ -20,6 +20,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.ops.provenance import get_provenance, track_provenance
+from torch.distributions import Independent
 
 from .discrete import DiscreteBlock, enumerable, perturbed
 from .layout import check_positions
@@ -48,8 +49,11 @@ def summed_out(candidates, frames, depends):
         if mark == "parallel" and not fn.has_enumerate_support:
             raise ValueError(
                 f"latent site {name!r} is marked for parallel enumeration but "
-                f"{type(fn).__name__} has no finite support to sum over; remove the mark and "
-                "the potential samples it"
+                f"{type(fn).__name__} has no finite support to sum over"
+                + (" (a distribution made independent with .to_event() is not enumerated: "
+                   "declare its units with a pyro.plate instead, then each is summed out)"
+                   if isinstance(fn, Independent) else
+                   "; remove the mark and the potential samples it")
             )
         if mark == "parallel" or (mark is None and enumerable(fn)
                                   and dependents_within(name, frames, depends)):

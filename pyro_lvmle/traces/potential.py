@@ -131,6 +131,12 @@ class Potential:
             if uncondition else self.model
         candidates = [(name, site) for name, site in trace.nodes.items()
                       if is_target_site(site, uncondition)]
+        if uncondition and not any(site["is_observed"] for _, site in candidates):
+            raise ValueError(
+                "the model has no observed site for the chains to move on: an undirected "
+                "model observes its data from an improper density and adds its log density "
+                "with pyro.factor (x = pyro.sample('x', ImproperUniform(support, (), "
+                "event_shape), obs=data); pyro.factor('energy', -E(x)))")
         found = None  # one tracked run, unless every discrete site is marked to be summed out
         if any(site["fn"].support.is_discrete and (site["is_observed"] or
                                                    site["infer"].get("enumerate") != "parallel")

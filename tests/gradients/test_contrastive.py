@@ -337,6 +337,39 @@ def test_bad_input_is_refused_with_a_clear_message():
         lv.ContrastiveDivergence(sampler="gibbs").loss(rbm.model, None, 2 * data)
 
 
+def test_what_users_write_wrong_is_named():
+    """Found from outside: each of these was accepted silently, crashed with a KeyError, or
+    gave advice that led back to the same error."""
+    with pytest.raises(TypeError, match="persistent must be True or False, got 'no'"):
+        lv.ContrastiveDivergence(persistent="no")  # was taken as True
+    for sampler in ("nuts", pyro.infer.NUTS(gaussian_energy)):  # was a KeyError at step 1
+        with pytest.raises(ValueError, match="latent sites.*'hmc', 'mala' or 'ula'"):
+            lv.ContrastiveDivergence(sampler=sampler)
+    with pytest.raises(ValueError, match="log_partition: Pyro's HMC and NUTS"):
+        lv.log_partition(gaussian_energy, torch.zeros(1, 2), method="ais", sampler="nuts")
+    data = torch.zeros(3, 2)
+
+    def factor_only(data):  # no observed site: said "no latent sites to sample"
+        pyro.factor("energy", -(data - pyro.param("mu", torch.zeros(2))).pow(2).sum())
+
+    for run in (lambda: lv.ContrastiveDivergence().loss(factor_only, None, data),
+                lambda: lv.log_partition(factor_only, data)):
+        with pytest.raises(ValueError, match="no observed site for the chains"):
+            run()
+
+    def hidden_as_event(data):  # the advice was "remove the mark", then "add the mark"
+        w = pyro.param("w", torch.zeros(2, 2))
+        with pyro.plate("data", data.shape[0]):
+            v = pyro.sample("v", dist.ImproperUniform(constraints.boolean, (), (2,)), obs=data)
+            h = pyro.sample("h", dist.Bernoulli(0.5 * torch.ones(2)).to_event(1),
+                            infer={"enumerate": "parallel"})
+            pyro.factor("coupling", ((v @ w) * h).sum(-1))
+
+    with pytest.raises(ValueError, match=r"ContrastiveDivergence: .*'h'.*\.to_event\(\).*"
+                                         r"pyro\.plate"):
+        lv.ContrastiveDivergence().loss(hidden_as_event, None, data)
+
+
 def test_a_poutine_scale_on_an_undirected_model_is_refused_and_a_subsampled_plate_is_not():
     """s log p(x) (a data weight: chains on p~) or p~(x)^s (tempered: chains on p~^s) give
     different gradients and log Z; the user says which."""
