@@ -28,6 +28,7 @@ import warnings
 from functools import partial
 
 import pyro.ops.jit
+import pyro.poutine as poutine
 import torch
 
 from .._checks import check_bool, check_int
@@ -279,7 +280,16 @@ class ContrastiveDivergence(ChainLoss):
         :param model: the Pyro model.
         :param guide: ignored (pass :func:`~pyro_lvmle.empty_guide`).
         """
-        log_density, accept = self._phases(model, args, kwargs)
+        try:
+            log_density, accept = self._phases(model, args, kwargs)
+        except ValueError as error:  # a distribution refusing a parameter: name the param
+            bad = _nonfinite_params(model, args, kwargs)
+            if bad:
+                raise ValueError(
+                    f"ContrastiveDivergence: the parameters {bad} are not finite (NaN or "
+                    "inf): an earlier step diverged; lower the learning rate, or restart "
+                    f"from a saved state ({str(error).splitlines()[0][:200]})") from error
+            raise
         positive, negative = log_density[0], log_density[1:].mean()
         if not torch.isfinite(log_density).all():
             raise ValueError(
@@ -399,6 +409,18 @@ def _warn_constant_factors(potential, data, chains) -> bool:
             "on the parameters use the optimizer's weight_decay or add it to the loss "
             "outside the model", UserWarning, stacklevel=4)
     return True
+
+
+def _nonfinite_params(model, args, kwargs) -> list[str]:
+    """The parameters the model reads that are NaN or infinite, found by running it once
+    more (on the error path only) as far as it goes."""
+    with poutine.trace(param_only=True) as capture, torch.no_grad():
+        try:
+            poutine.block(model, hide_types=["sample"])(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - it fails again where it failed: the reads are in
+            pass
+    return [name for name, site in capture.trace.nodes.items()
+            if not bool(torch.isfinite(site["value"]).all())]
 
 
 def _call_traced(compiled, position, args, kwargs):

@@ -357,6 +357,11 @@ def test_what_users_write_wrong_is_named():
         with pytest.raises(ValueError, match="no observed site for the chains"):
             run()
 
+    rbm, binary = _rbm_setup()  # a parameter gone NaN: a distribution's message, no name
+    pyro.get_param_store()["weights"] = torch.full((4, 3), math.nan)
+    with pytest.raises(ValueError, match=r"parameters \['weights'\] are not finite"):
+        lv.ContrastiveDivergence(sampler="gibbs").loss(rbm.model, None, binary)
+
     def hidden_as_event(data):  # the advice was "remove the mark", then "add the mark"
         w = pyro.param("w", torch.zeros(2, 2))
         with pyro.plate("data", data.shape[0]):
