@@ -28,15 +28,15 @@ import warnings
 from functools import partial
 
 import pyro.ops.jit
-import pyro.poutine as poutine
 import torch
 
 from .._checks import check_bool, check_int
 from ..samplers import BlockGibbs, make_sampler, run_steps
 from ..samplers.kernels import refuse_latent_kernels
 from ..traces import Potential
+from ..traces.normalization import warn_constant_factors
+from ..traces.params import nonfinite_params
 from ..traces.particles import guess_max_plate_nesting
-from ..traces.plate import _trace
 from .chain_loss import TRACK_RATE, ChainLoss
 from .fisher import empty_guide
 
@@ -283,7 +283,7 @@ class ContrastiveDivergence(ChainLoss):
         try:
             log_density, accept = self._phases(model, args, kwargs)
         except ValueError as error:  # a distribution refusing a parameter: name the param
-            bad = _nonfinite_params(model, args, kwargs)
+            bad = nonfinite_params(model, args, kwargs)
             if bad:
                 raise ValueError(
                     f"ContrastiveDivergence: the parameters {bad} are not finite (NaN or "
@@ -309,7 +309,7 @@ class ContrastiveDivergence(ChainLoss):
                 return compiled
         potential, data, state, info = self._advance(model, args, kwargs)
         if not self._factors_checked:
-            self._factors_checked = _warn_constant_factors(potential, data, state.position)
+            self._factors_checked = warn_constant_factors(potential, data, state.position)
         if data is None:  # both phases from one run of the model, the data read in it
             log_density = potential.log_joint(state.position, at_data=True)
         else:
@@ -367,60 +367,6 @@ class ContrastiveDivergence(ChainLoss):
         log_density, position, accept = out
         self.chains.save(potential, like._replace(position=position))
         return log_density, accept
-
-
-def _warn_constant_factors(potential, data, chains) -> bool:
-    r"""Warn about ``pyro.factor`` sites that the chains' states do not reach: computed
-    without any of the observed sites' values (from the parameters alone, or from the
-    model's ``data`` argument instead of the value ``pyro.sample`` returns). Such a term is a
-    constant of :math:`\tilde p` for the chains and cancels with :math:`\log Z`: a penalty
-    on the parameters written so is silently lost (Pyro's ELBOs would apply it), an energy
-    of ``data`` gives no gradient at all. Found on one run of the model under the chains'
-    plate: the factor's value has no chain dimension, or only a broadcast one (the plate
-    path; a vmapped model is not checked). Returns ``True``: the check is made once."""
-    if potential.vectorization != "plate":
-        return True
-    targets = {site.name for site in potential.sites}
-    factors = [name for name in potential.likelihood_sites if name not in targets]
-    if not factors:
-        return True
-    with torch.no_grad():
-        if data is None:
-            data = potential.initial_position(1)
-        position = torch.cat([data, chains[:3]])
-        trace, _ = _trace(potential, position, jacobian=True, beta=None,
-                          enumerate=bool(potential.enumerated))
-    dim = potential.max_plate_nesting + 1  # the chain plate's, from the right
-    constant = []
-    for name in factors:
-        value = getattr(trace.nodes[name]["fn"], "log_factor", None)
-        if not torch.is_tensor(value):
-            continue
-        if value.dim() < dim or value.shape[-dim] == 1 or value.stride(-dim) == 0:
-            constant.append(name)
-    if constant:
-        warnings.warn(
-            f"ContrastiveDivergence: the pyro.factor sites {constant} do not depend on the "
-            "observed sites' values (a factor of the parameters alone, or of the model's data "
-            "argument instead of the value pyro.sample returns): for the chains they are a "
-            "constant of the unnormalized density, which cancels with log Z, so they add "
-            "nothing to the gradient. Compute an energy from the sample site's value (x = "
-            "pyro.sample('x', ..., obs=data); pyro.factor('energy', -E(x))); for a penalty "
-            "on the parameters use the optimizer's weight_decay or add it to the loss "
-            "outside the model", UserWarning, stacklevel=4)
-    return True
-
-
-def _nonfinite_params(model, args, kwargs) -> list[str]:
-    """The parameters the model reads that are NaN or infinite, found by running it once
-    more (on the error path only) as far as it goes."""
-    with poutine.trace(param_only=True) as capture, torch.no_grad():
-        try:
-            poutine.block(model, hide_types=["sample"])(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - it fails again where it failed: the reads are in
-            pass
-    return [name for name, site in capture.trace.nodes.items()
-            if not bool(torch.isfinite(site["value"]).all())]
 
 
 def _call_traced(compiled, position, args, kwargs):

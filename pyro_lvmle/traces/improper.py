@@ -8,7 +8,8 @@ import torch
 from pyro.poutine.messenger import Messenger
 from torch.distributions import Independent, transform_to
 
-__all__ = ["FlatLatents", "data_device", "improper_latents", "is_improper"]
+__all__ = ["FlatLatents", "data_device", "improper_latents", "is_improper",
+           "refuse_improper_latents"]
 
 
 def is_improper(fn) -> bool:
@@ -42,6 +43,22 @@ def improper_latents(trace) -> list[str]:
     """
     return [name for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site["is_observed"] and is_improper(site["fn"])]
+
+
+def refuse_improper_latents(trace) -> None:
+    """Refuse latent sites with an improper prior, where chains must start from the prior
+    and evidence is estimated from it.
+
+    :param trace: a Pyro trace of the model (run under :class:`FlatLatents`).
+    :raises ValueError: naming the sites and the fix.
+    """
+    flat = improper_latents(trace)
+    if flat:
+        raise ValueError(
+            f"the latent sites {flat} have an improper prior (a flat ImproperUniform), from "
+            "which chains cannot be started, nor evidence estimated: give them a proper prior "
+            "(a wide Normal, say), or fit the model with a guide and an ELBO (SVI with "
+            "lv.TraceIWAE_ELBO)")
 
 
 class FlatLatents(Messenger):

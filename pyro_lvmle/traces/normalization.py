@@ -23,12 +23,13 @@ import pyro.poutine as poutine
 import torch
 
 from .improper import FlatLatents, data_device, is_improper
+from .layout import is_target_site
 from .params import _cuda_devices
 from .particles import _DetachValues, _is_subsample
-from .plate import subsample_factor
+from .plate import _trace, subsample_factor
 
 __all__ = ["check_fixed_supports", "check_model", "check_normalized", "check_undirected_target",
-           "unnormalized_sites"]
+           "unnormalized_sites", "warn_constant_factors"]
 
 _ADVICE = ("its density is unnormalized (an improper ImproperUniform observed site, "
            "pyro.factor supplying the log density), so log p(x) misses -log Z(theta) and an "
@@ -227,11 +228,19 @@ def _tracks_gradient(constraint, depth: int = 0) -> bool:
 
 def check_undirected_target(trace) -> None:
     """Refuse what makes an undirected model's negative phase ambiguous or wrong, on a trace
-    of the model: a user's ``poutine.scale`` and observed values outside their support.
+    of the model: no observed site (a ``pyro.factor`` alone), a user's ``poutine.scale`` and
+    observed values outside their support.
 
     :param trace: a trace of the model on its data.
     :raises ValueError: naming the sites.
     """
+    if not any(is_target_site(site, True) and site["is_observed"]
+               for site in trace.nodes.values()):
+        raise ValueError(
+            "the model has no observed site for the chains to move on: an undirected model "
+            "observes its data from an improper density and adds its log density with "
+            "pyro.factor (x = pyro.sample('x', ImproperUniform(support, (), event_shape), "
+            "obs=data); pyro.factor('energy', -E(x)))")
     _refuse_scales(trace)
     _check_observed_support(trace)
 
@@ -269,3 +278,51 @@ def _check_observed_support(trace) -> None:
                 f"site {name!r}: observed values lie outside its support "
                 f"({site['fn'].support}), where the negative phase's chains live; check the "
                 "data (binarize it for a boolean site, rescale it into an interval)")
+
+
+def warn_constant_factors(potential, data, chains) -> bool:
+    r"""Warn about ``pyro.factor`` sites that the chains' states do not reach: computed
+    without any of the observed sites' values (from the parameters alone, or from the
+    model's ``data`` argument instead of the value ``pyro.sample`` returns). Such a term is a
+    constant of :math:`\tilde p` for the chains and cancels with :math:`\log Z`: a penalty
+    on the parameters written so is silently lost (Pyro's ELBOs would apply it), an energy
+    of ``data`` gives no gradient at all. Found on one run of the model under the chains'
+    plate: the factor's value has no chain dimension, or only a broadcast one (the plate
+    path; a vmapped model is not checked).
+
+    :param potential: the chains' :class:`~pyro_lvmle.traces.Potential` (``uncondition``).
+    :param data: the data's position ``(1, D)``, or ``None`` to make it.
+    :param chains: chain positions ``(C, D)``.
+    :returns: ``True`` (the check is made once).
+    """
+    if potential.vectorization != "plate":
+        return True
+    targets = {site.name for site in potential.sites}
+    factors = [name for name in potential.likelihood_sites if name not in targets]
+    if not factors:
+        return True
+    with torch.no_grad():
+        if data is None:
+            data = potential.initial_position(1)
+        position = torch.cat([data, chains[:3]])
+        trace, _ = _trace(potential, position, jacobian=True, beta=None,
+                          enumerate=bool(potential.enumerated))
+    dim = potential.max_plate_nesting + 1  # the chain plate's, from the right
+    constant = []
+    for name in factors:
+        value = getattr(trace.nodes[name]["fn"], "log_factor", None)
+        if not torch.is_tensor(value):
+            continue
+        if value.dim() < dim or value.shape[-dim] == 1 or value.stride(-dim) == 0:
+            constant.append(name)
+    if constant:
+        warnings.warn(
+            f"ContrastiveDivergence: the pyro.factor sites {constant} do not depend on the "
+            "observed sites' values (a factor of the parameters alone, or of the model's data "
+            "argument instead of the value pyro.sample returns): for the chains they are a "
+            "constant of the unnormalized density, which cancels with log Z, so they add "
+            "nothing to the gradient. Compute an energy from the sample site's value (x = "
+            "pyro.sample('x', ..., obs=data); pyro.factor('energy', -E(x))); for a penalty "
+            "on the parameters use the optimizer's weight_decay or add it to the loss "
+            "outside the model", UserWarning, stacklevel=4)
+    return True

@@ -13,6 +13,7 @@ __all__ = [
     "call_with_params",
     "enumerated_log_marginal",
     "has_only_enumerable_latents",
+    "nonfinite_params",
     "program_params",
 ]
 
@@ -139,3 +140,20 @@ def has_only_enumerable_latents(model, *args, **kwargs) -> bool:
         and type(site["fn"]).__name__ != "_Subsample"
     ]
     return bool(latents) and all(s["infer"].get("enumerate") == "parallel" for s in latents)
+
+
+def nonfinite_params(model, args, kwargs) -> list[str]:
+    """The parameters the model reads that are NaN or infinite, found by running it once
+    more as far as it goes (for an error path: a distribution refusing a parameter).
+
+    :param model: a Pyro model.
+    :param tuple args: its arguments.
+    :param dict kwargs: its keyword arguments.
+    """
+    with poutine.trace(param_only=True) as capture, torch.no_grad():
+        try:
+            poutine.block(model, hide_types=["sample"])(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - it fails again where it failed: the reads are in
+            pass
+    return [name for name, site in capture.trace.nodes.items()
+            if not bool(torch.isfinite(site["value"]).all())]

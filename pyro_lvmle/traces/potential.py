@@ -29,7 +29,7 @@ import torch
 
 from .dependence import block_energy, dependencies, discrete_blocks, summed_out
 from .discrete import DiscreteBlock, into_support, mark_parallel
-from .improper import FlatLatents, data_device, improper_latents
+from .improper import FlatLatents, data_device, refuse_improper_latents
 from .layout import LatentSite, check_positions, is_target_site, lay_out
 from .normalization import check_undirected_target
 from .particles import _is_subsample, guess_max_plate_nesting
@@ -106,13 +106,7 @@ class Potential:
         self.max_plate_nesting = max_plate_nesting
         with poutine.block(), FlatLatents(data_device(self.args, self.kwargs)):
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
-        flat = improper_latents(trace)
-        if flat:
-            raise ValueError(
-                f"the latent sites {flat} have an improper prior (a flat ImproperUniform), "
-                "from which chains cannot be started, nor evidence estimated: give them a "
-                "proper prior (a wide Normal, say), or fit the model with a guide and an "
-                "ELBO (SVI with lv.TraceIWAE_ELBO)")
+        refuse_improper_latents(trace)
         if uncondition:
             check_undirected_target(trace)
         #: the indices of each plate's mini-batch, fixed for every evaluation
@@ -131,12 +125,6 @@ class Potential:
             if uncondition else self.model
         candidates = [(name, site) for name, site in trace.nodes.items()
                       if is_target_site(site, uncondition)]
-        if uncondition and not any(site["is_observed"] for _, site in candidates):
-            raise ValueError(
-                "the model has no observed site for the chains to move on: an undirected "
-                "model observes its data from an improper density and adds its log density "
-                "with pyro.factor (x = pyro.sample('x', ImproperUniform(support, (), "
-                "event_shape), obs=data); pyro.factor('energy', -E(x)))")
         found = None  # one tracked run, unless every discrete site is marked to be summed out
         if any(site["fn"].support.is_discrete and (site["is_observed"] or
                                                    site["infer"].get("enumerate") != "parallel")
