@@ -431,13 +431,16 @@ def _sum_sites(sites, rank, keep, unit_scale, num_particles, like, scaled=True):
     """
     total = None
     for site in sites:
-        log_prob = _as_rank(site["log_prob"] if scaled else site["score_log_prob"], rank)
+        log_prob = site["log_prob"] if scaled else site["score_log_prob"]
+        inner = _inner_scale(site, unit_scale) if scaled else 1.0
+        if not (isinstance(inner, (int, float)) and inner == 1.0):
+            # before summing: a tensor scale (per-datum weights) weights each term, as in
+            # Pyro's Trace_ELBO, not each sum over a plate that is not a unit
+            log_prob = log_prob * inner
+        log_prob = _as_rank(log_prob, rank)
         drop = [d for d in range(-rank, 0) if d not in keep and log_prob.shape[d] != 1]
         if drop:
             log_prob = log_prob.sum(drop, keepdim=True)
-        inner = _inner_scale(site, unit_scale) if scaled else 1.0
-        if not (isinstance(inner, (int, float)) and inner == 1.0):
-            log_prob = log_prob * inner
         total = log_prob if total is None else total + log_prob
     if total is None:
         return like.new_zeros((num_particles,) + (1,) * (rank - 1))

@@ -363,3 +363,44 @@ def test_a_dependent_subsampled_plate_is_refused_by_multi_sample_bounds():
             pytest.warns(UserWarning, match="one weight for the whole batch"):
         lv.TraceIWAE_ELBO(num_particles=4).loss(walk, guide, WALK_DATA)
     lv.TraceIWAE_ELBO(num_particles=1).loss(walk, guide, WALK_DATA)  # the ELBO needs no split
+
+
+WEIGHTED_X = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.5], dtype=torch.float64)
+WEIGHTS = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0], dtype=torch.float64)
+
+
+def weighted_model(x, w):
+    """Survey weights on the data, one global latent: log density sum_n w_n log N(x_n; g, 1)."""
+    g = pyro.sample("g", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)), pyro.poutine.scale(scale=w):
+        pyro.sample("x", dist.Normal(g, 1.0), obs=x)
+
+
+def weighted_posterior_guide(x, w):
+    """The exact posterior of the weighted density: every log weight is its log evidence."""
+    precision = 1.0 + w.sum()
+    pyro.sample("g", dist.Normal((w * x).sum() / precision, precision**-0.5))
+
+
+def _weighted_log_evidence(x, w):
+    precision, b = 1.0 + w.sum(), (w * x).sum()
+    return float(-0.5 * math.log(2 * math.pi) * w.sum() - 0.5 * (w * x**2).sum()
+                 + 0.5 * b**2 / precision - 0.5 * torch.log(precision))
+
+
+@pytest.mark.parametrize("make_loss", [
+    lambda: lv.TraceIWAE_ELBO(4), lambda: lv.TraceSTL_ELBO(4), lambda: lv.TraceRWS_ELBO(4),
+    lambda: lv.TraceTVO_ELBO(4), lambda: lv.TraceRenyi_ELBO(0.5, 4),
+], ids=["iwae", "stl", "rws", "tvo", "renyi"])
+def test_a_tensor_scale_over_a_plate_that_is_not_a_unit_weights_each_term(make_loss):
+    """Per-datum weights beside a global latent: each site's log density was summed over the
+    plate before the weights multiplied it, giving sum_n w_n * sum_m log p_m (-64.7 for
+    IWAE against the exact -11.94, found from outside); Trace_ELBO multiplies first."""
+    exact = _weighted_log_evidence(WEIGHTED_X, WEIGHTS)
+    loss = make_loss()
+    values = [-loss.loss(weighted_model, weighted_posterior_guide, WEIGHTED_X, WEIGHTS)
+              for _ in range(3)]
+    assert values == pytest.approx([exact] * 3, abs=1e-9)
+    pyro_value = -pyro.infer.Trace_ELBO().loss(weighted_model, weighted_posterior_guide,
+                                               WEIGHTED_X, WEIGHTS)
+    assert pyro_value == pytest.approx(exact, abs=1e-9)  # the floor agrees
