@@ -29,6 +29,7 @@ tails are too light for it, whatever its standard error says.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from pyro.ops.stats import fit_generalized_pareto
@@ -36,6 +37,7 @@ from pyro.ops.stats import fit_generalized_pareto
 from .._checks import check_int
 from ..traces import PriorGuide, guess_max_plate_nesting, particle_terms
 from ..traces.units import independent_units
+from ..traces.vectorized import stacked_particle_terms, vectorizes
 from .estimate import Estimate
 
 __all__ = ["importance_log_marginal", "psis_k_hat"]
@@ -129,17 +131,29 @@ def importance_log_marginal(model, args=(), kwargs=None, *, guide=None,
     keep = _tail_size(num_samples) + 1
     sum_w = sum_w2 = top = None
     done, per_datum = 0, False
+    draw = particle_terms
+    if num_samples > 1 and not vectorizes(model, guide, tuple(args), kwargs,
+                                          num_particles=min(chunk_size, num_samples),
+                                          max_plate_nesting=max_plate_nesting):
+        warnings.warn(
+            f"{where}: the model or the guide does not run vectorized over samples as it runs "
+            "one draw at a time (Python control flow on a sampled value, or a latent indexed "
+            "or stacked along its first dimension: write u[..., group] rather than "
+            f"u[group]), so the {num_samples} samples are drawn one at a time, with one "
+            "weight for the whole data set", UserWarning, stacklevel=3)
+        draw = stacked_particle_terms
     with torch.no_grad():
         while done < num_samples:
             size = min(chunk_size, num_samples - done)
-            terms = particle_terms(model, guide, tuple(args), kwargs, num_particles=size,
-                                   max_plate_nesting=max_plate_nesting)
+            terms = draw(model, guide, tuple(args), kwargs, num_particles=size,
+                         max_plate_nesting=max_plate_nesting)
             if terms.unit_scale != 1.0:
                 raise ValueError(f"{where}: the plates {terms.unit_plates} are subsampled; "
                                  "the marginal likelihood needs every datum (drop "
                                  "subsample_size)")
             if done == 0:
-                per_datum = bool(terms.unit_plates) and independent_units(
+                per_datum = draw is particle_terms and bool(terms.unit_plates) and \
+                    independent_units(
                     model, guide, tuple(args), kwargs, max_plate_nesting=max_plate_nesting)
             log_w = _log_weights(terms).detach()
             if not per_datum:  # one weight for the whole data set

@@ -20,6 +20,7 @@ from .._checks import check_int
 from ..traces import check_normalized, check_programs, guess_max_plate_nesting, particle_terms
 from ..traces.params import accumulate_grads, call_with_params
 from ..traces.units import independent_units
+from ..traces.vectorized import stacked_particle_terms, vectorizes
 
 __all__ = [
     "ParticleObjective",
@@ -64,6 +65,7 @@ class ParticleObjective(ELBO):
         self._checked = None  # the last model/guide pair checked, see _terms
         self._normalized_model = None  # the last model found normalized, see _terms
         self._independent = (None, None, True)  # (model, guide, units independent)
+        self._vectorized = (None, None, True)  # (model, guide, particles vectorize)
         self.diagnostics = {"skipped_steps": 0, "skipped_params": {}}
 
     def _terms(self, model, guide, args, kwargs, **options):
@@ -80,9 +82,26 @@ class ParticleObjective(ELBO):
             nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         if self.max_plate_nesting == math.inf:
             self.max_plate_nesting = nesting
+        # the particles run vectorized where that gives each one the log densities of a run
+        # of its own, checked once per pair (a program written for one draw can fail under
+        # the particle plate, or be wrong where K fits another dimension: u[group]);
+        # elsewhere they are drawn one at a time, as Trace_ELBO draws them
+        if self.num_particles > 1 and self._vectorized[:2] != (model, guide):
+            self._vectorized = (model, guide, vectorizes(
+                model, guide, args, kwargs, num_particles=self.num_particles,
+                max_plate_nesting=self.max_plate_nesting))
+            if not self._vectorized[2]:
+                warnings.warn(
+                    f"{type(self).__name__}: the model or the guide does not run vectorized "
+                    "over particles as it runs one draw at a time (Python control flow on a "
+                    "sampled value, or a latent indexed or stacked along its first dimension: "
+                    "write u[..., group] rather than u[group]), so the particles are drawn one "
+                    f"at a time, {self.num_particles} runs a step, with one weight for the "
+                    "whole batch", UserWarning, stacklevel=3)
+        vectorized = self.num_particles == 1 or self._vectorized[2]
         # per-unit weights rest on the units' independence, checked once per pair (one
         # particle needs no split: its log-mean-exp is the log weight itself)
-        if self.num_particles > 1 and self._independent[:2] != (model, guide):
+        if self.num_particles > 1 and vectorized and self._independent[:2] != (model, guide):
             self._independent = (model, guide, independent_units(
                 model, guide, args, kwargs, max_plate_nesting=self.max_plate_nesting))
             if not self._independent[2]:
@@ -92,10 +111,10 @@ class ParticleObjective(ELBO):
                     "it does not: a cumsum or a recurrence across the plate breaks it), so "
                     "the bound takes one weight for the whole batch instead of one per "
                     "element: still a valid bound, looser", UserWarning, stacklevel=3)
-        split = self.num_particles == 1 or self._independent[2]
-        terms = particle_terms(model, guide, args, kwargs, num_particles=self.num_particles,
-                               max_plate_nesting=self.max_plate_nesting, split_units=split,
-                               **options)
+        split = self.num_particles == 1 or (vectorized and self._independent[2])
+        draw = particle_terms if vectorized else stacked_particle_terms
+        terms = draw(model, guide, args, kwargs, num_particles=self.num_particles,
+                     max_plate_nesting=self.max_plate_nesting, split_units=split, **options)
         if not split and terms.subsampled_sites:
             raise ValueError(
                 f"{type(self).__name__}: the log densities of one element of a plate depend "
