@@ -82,7 +82,9 @@ class MCEM(Driver):
         draws, averaged over iterations), whose rate does not depend on the fraction of
         missing information; the stopping rule then also needs the step's estimated
         log-likelihood change below ``tol`` (unless the correction was held to at most
-        twice EM's move), and not while the verified speedup still climbs. How far it
+        twice EM's move), and not while the verified speedup still climbs below what EM's
+        slowest direction needs (:math:`1 / (1 - \lambda)` for the estimated fraction of
+        missing information :math:`\lambda`). How far it
         may outrun EM is adapted: each correction is judged by the next E-step's draws, which
         its step was not fitted to (:func:`~pyro_lvmle.em.newton_correction.verify_speedup`),
         so that where the likelihood is flat along some direction (PPCA's rotation) the
@@ -253,10 +255,14 @@ class MCEM(Driver):
             # last correction paid, and its cap is not reached) the run goes on; and this
             # correction's estimated change must be small, unless it was held to at most
             # twice EM's move (where EM's own rule judges)
+            # (only while the cap holds the correction back: below the 1 / (1 - fraction)
+            # that EM's slowest direction needs; a tiny model with little missing
+            # information otherwise waited for its cap, growing the draws to 58,770)
+            climbing = paid and extra["speedup"] < min(
+                self.max_speedup, _needed_speedup(extra["fraction_missing"]))
             self.converged = decision.converged and (not self.newton or (
-                not (paid and extra["speedup"] < self.max_speedup) and (
-                    extra["speedup"] <= 2.0
-                    or abs(extra["log_likelihood_change"]) < self.tol)))
+                not climbing and (extra["speedup"] <= 2.0
+                                  or abs(extra["log_likelihood_change"]) < self.tol)))
             self.num_samples = decision.next_num_samples
         return {"q_increase": increase, "q_increase_se": se, "ess": ess,
                 "num_samples": draws.shape[0] * draws.shape[1],
@@ -403,6 +409,13 @@ def ascent_rule(increase: float, se: float, size: int, num_samples: int,
         wanted = num_samples if variance == 0 else rule.max_num_samples
     return AscentDecision(bool(accept), bool(converged), max(1, math.ceil(size / 3)),
                           int(min(rule.max_num_samples, max(num_samples, wanted))))
+
+
+def _needed_speedup(fraction_missing: float) -> float:
+    """How far a Newton step outruns EM along its slowest direction, ``1 / (1 - fraction)``:
+    infinite where the fraction is estimated at 1 or more (or is not finite)."""
+    fraction = float(fraction_missing)
+    return 1.0 / (1.0 - fraction) if math.isfinite(fraction) and fraction < 1.0 else math.inf
 
 
 def _refuse_nonfinite(potential, position):

@@ -1,7 +1,10 @@
 """MCEM reaches the closed-form PPCA maximum likelihood within Monte Carlo error; a biased
 E-step sampler does not."""
 
+import math
+
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -158,3 +161,45 @@ def test_keep_best_ends_an_optimizer_at_the_best_point_it_visited():
 
     start = -0.09
     assert run(True) >= start and run(False) < start
+
+
+def _weighted_normal_model(x):
+    """Six data, survey weights, one global latent: little missing information (0.1)."""
+    mu = pyro.param("mu", torch.tensor(0.3))
+    g = pyro.sample("g", dist.Normal(mu, 1.0))
+    with pyro.plate("data", len(x)), pyro.poutine.scale(scale=torch.tensor(
+            [1.0, 2.0, 0.5, 3.0, 1.0, 1.5])):
+        pyro.sample("x", dist.Normal(g, 1.0), obs=x)
+
+
+@pytest.mark.parametrize("gate", ["needed", "control"])
+def test_the_newton_gate_waits_only_while_the_speedup_cap_holds_the_correction_back(
+        gate, monkeypatch):
+    """Found from outside: with the Q-increase's bound below tol from step 3, the default
+    MCEM waited for the correction's speedup cap to climb to 100 (its tiny gains, 3e-5,
+    counted as 'paid'), and the ascent rule grew the draws to 58,770 per chain meanwhile.
+    A cap of 16 already exceeds the 1.1 that a fraction of missing information of 0.1 needs.
+    The control restores the old gate: not converged after the same steps."""
+    from pyro_lvmle.em import mcem as module
+
+    if gate == "control":
+        monkeypatch.setattr(module, "_needed_speedup", lambda fraction: math.inf)
+    torch.manual_seed(1)
+    x = torch.randn(6) * 1.5
+    pyro.set_rng_seed(0)
+    em = lv.MCEM(_weighted_normal_model, num_samples=50, num_chains=4, warmup_steps=100,
+                 m_steps=20, max_num_samples=2000)
+    history = em.run(x, num_steps=3, progress=False)  # the same draws either way
+    # at step 3 the Q-increase's bound is below tol and the cap (16) far above the 1.1
+    # needed; the old gate waited for the cap (speedups 4, 8, 16)
+    assert em.converged == (gate == "needed"), history["speedup"]
+    if gate == "needed":  # and at the maximum, within the Monte Carlo error of its draws
+        weights = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0, 1.5])
+        precision, b = 1.0 + weights.sum(), (weights * x).sum()
+
+        def log_likelihood(mu):  # the weighted density with g integrated out, up to a const
+            return float(-0.5 * mu**2 + 0.5 * (b + mu) ** 2 / precision)
+
+        mle = float(b / weights.sum())
+        gap = log_likelihood(mle) - log_likelihood(pyro.param("mu").item())
+        assert gap < likelihood_gap_tolerance(1, history["ess"][-1]), gap
