@@ -110,7 +110,7 @@ def vectorizes(model, guide, args=(), kwargs=None, *, num_particles: int,
                 alone = [_total(trace) for trace in (guide_k, model_k)]
             except _BROKEN:
                 return False
-            for (value, magnitude), (vector, _) in zip(alone, together, strict=True):
+            for (value, magnitude), vector in zip(alone, together, strict=True):
                 if not (math.isfinite(value) and math.isfinite(float(vector[k]))):
                     continue  # a non-finite log density is the objectives' to name
                 tolerance = math.sqrt(torch.finfo(vector.dtype).eps) * (1.0 + magnitude)
@@ -128,13 +128,13 @@ def _sites(trace):
 
 
 def _per_particle(trace, rank, size):
-    """Each particle's total scaled log density ``(K,)`` and their largest magnitude."""
+    """Each particle's total scaled log density, ``(K,)``."""
     total = torch.zeros(size)
     for log_prob in _sites(trace):
         value = _as_rank(log_prob, rank)
         value = value.sum(tuple(range(1, rank))) if rank > 1 else value
         total = total.to(value) + value.reshape(-1).expand(size)
-    return total, float(total.abs().max())
+    return total
 
 
 def _total(trace):
